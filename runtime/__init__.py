@@ -1,0 +1,88 @@
+"""agentrt: typed actors over NATS, for multi-agent systems that run in production.
+
+Layering: ``_errors`` / ``_ids`` / ``_messages`` / ``_envelope`` (data) → ``_bus`` (NATS in a
+thread, seen from trio) → ``_agent`` / ``_actor`` (handlers, mailboxes, supervision) →
+``_node`` (send/publish/serve) → ``_config`` / ``_cluster`` / ``_cli`` (``agentrt up``).
+Everything public is re-exported here; the ``_modules`` are private.
+"""
+
+from __future__ import annotations
+
+from ._agent import Agent as Agent
+from ._agent import RestartPolicy as RestartPolicy
+from ._control import AgentStats as AgentStats
+from ._control import NodeStatus as NodeStatus
+from ._envelope import Envelope as Envelope
+from ._errors import AgentDefinitionError as AgentDefinitionError
+from ._errors import AgentrtError as AgentrtError
+from ._errors import AgentUnavailable as AgentUnavailable
+from ._errors import BusError as BusError
+from ._errors import ClusterNotRunning as ClusterNotRunning
+from ._errors import ConfigError as ConfigError
+from ._errors import DeadlineExceeded as DeadlineExceeded
+from ._errors import DeliveryError as DeliveryError
+from ._errors import HandlerFailed as HandlerFailed
+from ._errors import MalformedMessage as MalformedMessage
+from ._errors import NatsServerError as NatsServerError
+from ._errors import NoHandler as NoHandler
+from ._errors import Overloaded as Overloaded
+from ._errors import PayloadTooLarge as PayloadTooLarge
+from ._errors import RemoteError as RemoteError
+from ._errors import UnexpectedReply as UnexpectedReply
+from ._errors import UnknownMessageType as UnknownMessageType
+from ._ids import AgentId as AgentId
+from ._messages import Message as Message
+from ._messages import register_message as register_message
+from ._node import Node as Node
+from ._node import NodeConfig as NodeConfig
+from ._node import open_client as open_client
+from ._node import open_node as open_node
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "Agent",
+    "AgentDefinitionError",
+    "AgentId",
+    "AgentStats",
+    "AgentUnavailable",
+    "AgentrtError",
+    "BusError",
+    "ClusterNotRunning",
+    "ConfigError",
+    "DeadlineExceeded",
+    "DeliveryError",
+    "Envelope",
+    "HandlerFailed",
+    "MalformedMessage",
+    "Message",
+    "NatsServerError",
+    "NoHandler",
+    "Node",
+    "NodeConfig",
+    "NodeStatus",
+    "Overloaded",
+    "PayloadTooLarge",
+    "RemoteError",
+    "RestartPolicy",
+    "UnexpectedReply",
+    "UnknownMessageType",
+    "open_client",
+    "open_node",
+    "register_message",
+]
+
+
+def _fixup_module_metadata() -> None:
+    # Tracebacks, reprs and pickles say `agentrt.X`, not `agentrt._module.X`.
+    for name in __all__:
+        obj = globals()[name]
+        if getattr(obj, "__module__", "").startswith("agentrt._"):
+            try:
+                obj.__module__ = __name__
+            except (AttributeError, TypeError):
+                pass
+
+
+_fixup_module_metadata()
+del _fixup_module_metadata

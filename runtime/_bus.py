@@ -1,0 +1,530 @@
+"""The bus: nats-py on an asyncio loop in its own thread, seen from trio.
+
+nats-py is asyncio-only and agentrt is trio. Measured options (``docs/benchmarks.md`` and the
+shared notes): trio-asyncio is ~25x too slow in throughput, guest mode caps near 25% of raw, and
+an asyncio loop in a dedicated thread is the best bridge *if every crossing is batched*. So:
+
+* trio -> asyncio: operations go into a deque; one ``call_soon_threadsafe`` wakes the pump only
+  when no wake-up is pending. Publishes are fire-and-forget into that deque, never awaited
+  across threads.
+* asyncio -> trio: deliveries and replies go into another deque; one ``run_sync_soon`` drains
+  it only when no drain is pending.
+* Requests use one wildcard inbox subscription; a waiting trio task is rescheduled directly
+  when its reply lands (no per-request future, no nats-py ``request()``, which can swallow
+  cancellation on Python 3.11).
+* Each subscription feeds a bounded trio channel; when it is full the message is handed to the
+  subscriber's overflow callback (which can answer "overloaded") instead of blocking the loop.
+
+This module is also the one seam where nats-py errors become ``BusError``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import itertools
+import os
+import sys
+import threading
+from collections.abc import AsyncIterator, Callable, Coroutine, Sequence
+from contextlib import asynccontextmanager
+from typing import Any, Protocol
+
+import outcome
+import trio
+
+from ._errors import AgentUnavailable, BusError, PayloadTooLarge
+
+__all__ = [
+    "InboundMsg",
+    "NatsBus",
+    "OverflowHandler",
+    "Subscription",
+    "Transport",
+    "open_bus",
+]
+
+# Python hands the GIL between threads every 5 ms by default; a bridge that crosses threads
+# twice per message would wait for that. 0.5 ms measured best (shared notes).
+_SWITCH_INTERVAL_S = 0.0005
+_CONTROL_TIMEOUT_S = 10.0
+_OUTBOUND_HIGH_WATER = 20_000
+_NO_RESPONDERS = "503"
+
+
+class InboundMsg:
+    """One message delivered by the bus (subject, reply subject, bytes, headers)."""
+
+    __slots__ = ("data", "headers", "reply", "subject")
+
+    def __init__(
+        self, subject: str, reply: str, data: bytes, headers: dict[str, str] | None
+    ) -> None:
+        self.subject, self.reply, self.data, self.headers = subject, reply, data, headers
+
+    def __repr__(self) -> str:
+        return f"InboundMsg({self.subject!r}, reply={self.reply!r}, {len(self.data)} bytes)"
+
+
+OverflowHandler = Callable[[InboundMsg], None]
+
+
+class Subscription:
+    """Messages on one subject (optionally in a queue group), as a bounded async iterator.
+
+    Iterate with ``async for msg in sub``. The iteration ends when the subscription is
+    unsubscribed or the bus closes.
+    """
+
+    def __init__(
+        self, bus: NatsBus, sid: int, subject: str, queue: str, capacity: int,
+        on_overflow: OverflowHandler | None,
+    ) -> None:  # fmt: skip
+        self.subject, self.queue, self._bus, self._sid = subject, queue, bus, sid
+        self._send, self._recv = trio.open_memory_channel[InboundMsg](capacity)
+        self._on_overflow = on_overflow
+        self.delivered = 0
+        self.overflowed = 0
+
+    def _deliver(self, msg: InboundMsg) -> None:
+        # Runs inside a run_sync_soon batch: must never raise.
+        try:
+            self._send.send_nowait(msg)
+            self.delivered += 1
+        except trio.WouldBlock:
+            self.overflowed += 1
+            if self._on_overflow is not None:
+                try:
+                    self._on_overflow(msg)
+                except Exception as exc:  # a raising callback would crash trio.run
+                    print(f"agentrt: overflow handler failed: {exc!r}", file=sys.stderr)
+        except (trio.ClosedResourceError, trio.BrokenResourceError):
+            pass
+
+    def __aiter__(self) -> AsyncIterator[InboundMsg]:
+        return self._recv.__aiter__()
+
+    async def receive(self) -> InboundMsg:
+        """Wait for the next message.
+
+        Raises:
+            trio.EndOfChannel: the subscription was closed.
+        """
+        return await self._recv.receive()
+
+    async def unsubscribe(self) -> None:
+        """Stop receiving; messages already queued can still be read, then iteration ends."""
+        await self._bus._unsubscribe(self)
+
+
+class Transport(Protocol):
+    """What nodes need from a message bus; ``NatsBus`` is the real one."""
+
+    max_payload: int
+
+    def publish_nowait(
+        self, subject: str, data: bytes, *, reply: str = "", headers: dict[str, str] | None = None
+    ) -> None: ...
+
+    async def request(
+        self, subject: str, data: bytes, *, headers: dict[str, str] | None = None
+    ) -> InboundMsg: ...
+
+    async def subscribe(
+        self, subject: str, *, queue: str = "", capacity: int = 1024,
+        on_overflow: OverflowHandler | None = None,
+    ) -> Subscription: ...  # fmt: skip
+
+    async def flush(self) -> None: ...
+
+
+_Op = tuple[Any, ...]
+
+
+class NatsBus:
+    """A NATS connection owned by a trio program. Create it with ``open_bus()``."""
+
+    def __init__(self, trio_token: trio.lowlevel.TrioToken) -> None:
+        self._token = trio_token
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._nc: Any = None
+        self.max_payload = 1024 * 1024
+        # trio -> asyncio
+        self._out: collections.deque[_Op] = collections.deque()
+        self._out_wake_pending = False
+        self._pump_event: asyncio.Event | None = None
+        self._out_drained: trio.Event | None = None
+        # asyncio -> trio
+        self._in: collections.deque[_Op] = collections.deque()
+        self._in_drain_pending = False
+        # correlation
+        self._inbox = f"_INBOX.{os.urandom(8).hex()}"
+        self._req_ids = itertools.count(1)
+        self._waiters: dict[int, trio.lowlevel.Task] = {}
+        self._calls: dict[int, trio.lowlevel.Task] = {}
+        self._subs: dict[int, Subscription] = {}
+        self._sids = itertools.count(1)
+        self._broken: BusError | None = None
+        self._closing = False
+
+    # ---------------------------------------------------------------- trio -> asyncio
+
+    def _push_out(self, op: _Op) -> None:
+        self._out.append(op)
+        if not self._out_wake_pending and self._loop is not None:
+            self._out_wake_pending = True
+            assert self._pump_event is not None
+            try:
+                self._loop.call_soon_threadsafe(self._pump_event.set)
+            except RuntimeError as exc:  # loop closed under us
+                raise BusError("the NATS connection is closed") from exc
+
+    def publish_nowait(
+        self, subject: str, data: bytes, *, reply: str = "", headers: dict[str, str] | None = None
+    ) -> None:
+        """Queue a publish; it is sent with the next batch. Never blocks.
+
+        Raises:
+            PayloadTooLarge: ``data`` exceeds the server's ``max_payload``.
+            BusError: the connection is closed or broken.
+        """
+        if self._broken is not None:
+            raise self._broken
+        if len(data) > self.max_payload:
+            raise PayloadTooLarge(subject, len(data), self.max_payload)
+        self._push_out(("pub", subject, reply, data, headers))
+
+    async def publish(
+        self, subject: str, data: bytes, *, reply: str = "", headers: dict[str, str] | None = None
+    ) -> None:
+        """Publish, waiting only if the outbound queue is above its high-water mark."""
+        self.publish_nowait(subject, data, reply=reply, headers=headers)
+        if len(self._out) > _OUTBOUND_HIGH_WATER:
+            if self._out_drained is None:
+                self._out_drained = trio.Event()
+            await self._out_drained.wait()
+        else:
+            await trio.lowlevel.checkpoint()
+
+    async def request(
+        self, subject: str, data: bytes, *, headers: dict[str, str] | None = None
+    ) -> InboundMsg:
+        """Publish and wait for one reply, for as long as the caller's cancel scope allows.
+
+        Raises:
+            AgentUnavailable: the server reports no subscriber on ``subject``.
+            PayloadTooLarge: ``data`` exceeds the server's ``max_payload``.
+            BusError: the connection is closed or broke while waiting.
+        """
+        req_id = next(self._req_ids)
+        self.publish_nowait(subject, data, reply=f"{self._inbox}.{req_id}", headers=headers)
+        self._waiters[req_id] = trio.lowlevel.current_task()
+
+        def abort(_: Any) -> trio.lowlevel.Abort:
+            self._waiters.pop(req_id, None)
+            return trio.lowlevel.Abort.SUCCEEDED
+
+        msg: InboundMsg = await trio.lowlevel.wait_task_rescheduled(abort)
+        if msg.headers and msg.headers.get("Status") == _NO_RESPONDERS and not msg.data:
+            raise AgentUnavailable(f"no subscriber on {subject}", recipient=subject)
+        return msg
+
+    async def subscribe(
+        self, subject: str, *, queue: str = "", capacity: int = 1024,
+        on_overflow: OverflowHandler | None = None,
+    ) -> Subscription:  # fmt: skip
+        """Subscribe; returns once the server has registered the interest.
+
+        Args:
+            subject: NATS subject, wildcards allowed.
+            queue: queue group: each message goes to one member of the group.
+            capacity: messages buffered before ``on_overflow`` is called instead.
+            on_overflow: called (synchronously, must not raise) with each message that did not
+                fit; the default drops it and counts it in ``Subscription.overflowed``.
+        """
+        sid = next(self._sids)
+        sub = Subscription(self, sid, subject, queue, capacity, on_overflow)
+        self._subs[sid] = sub
+        try:
+            await self._call(self._a_subscribe, sid, subject, queue)
+        except BaseException:
+            self._subs.pop(sid, None)
+            raise
+        return sub
+
+    async def _unsubscribe(self, sub: Subscription) -> None:
+        if self._subs.pop(sub._sid, None) is None:
+            return
+        try:
+            if self._broken is None:
+                await self._call(self._a_unsubscribe, sub._sid)
+        finally:
+            sub._send.close()
+
+    async def flush(self) -> None:
+        """Wait until the server has processed everything published so far."""
+        await self._call(self._a_flush)
+
+    async def _call(self, fn: Callable[..., Coroutine[Any, Any, Any]], *args: Any) -> Any:
+        """Run a control coroutine on the asyncio side and wait for its result.
+
+        Control calls are bounded on the asyncio side and cannot be abandoned half-way, so
+        the trio side never cancels them: the state on both sides stays the same.
+        """
+        if self._broken is not None:
+            raise self._broken
+        call_id = next(self._req_ids)
+        self._calls[call_id] = trio.lowlevel.current_task()
+        self._push_out(("call", call_id, fn, args))
+        # The asyncio side reschedules us with the call's outcome: value or raised error.
+        return await trio.lowlevel.wait_task_rescheduled(lambda _: trio.lowlevel.Abort.FAILED)
+
+    # ---------------------------------------------------------------- asyncio -> trio
+
+    def _push_in(self, op: _Op) -> None:
+        # Runs on the asyncio thread.
+        self._in.append(op)
+        if not self._in_drain_pending:
+            self._in_drain_pending = True
+            try:
+                self._token.run_sync_soon(self._drain_in)
+            except trio.RunFinishedError:
+                pass
+
+    def _drain_in(self) -> None:
+        # Runs on the trio thread, inside run_sync_soon: must never raise.
+        self._in_drain_pending = False
+        pop = self._in.popleft
+        while self._in:
+            op = pop()
+            kind = op[0]
+            if kind == "msg":
+                sub = self._subs.get(op[1])
+                if sub is not None:
+                    sub._deliver(op[2])
+            elif kind == "reply":
+                task = self._waiters.pop(op[1], None)
+                if task is not None:
+                    trio.lowlevel.reschedule(task, outcome.Value(op[2]))
+            elif kind == "result":
+                task = self._calls.pop(op[1], None)
+                if task is not None:
+                    trio.lowlevel.reschedule(task, op[2])
+            elif kind == "drained":
+                if self._out_drained is not None:
+                    self._out_drained.set()
+                    self._out_drained = None
+            elif kind == "broken":
+                self._break(op[1])
+
+    def _break(self, error: BusError) -> None:
+        if self._broken is not None:
+            return
+        self._broken = error
+        for waiters in (self._waiters, self._calls):
+            for task in waiters.values():
+                trio.lowlevel.reschedule(task, outcome.Error(error))
+            waiters.clear()
+        for sub in self._subs.values():
+            sub._send.close()
+        self._subs.clear()
+        if self._out_drained is not None:
+            self._out_drained.set()
+
+    # ---------------------------------------------------------------- asyncio side
+
+    async def _a_main(self, servers: Sequence[str], options: dict[str, Any], ready: int) -> None:
+        import nats
+        import nats.errors
+
+        self._loop = asyncio.get_running_loop()
+        self._pump_event = asyncio.Event()
+
+        async def on_closed() -> None:
+            if not self._closing:
+                self._push_in(("broken", BusError(f"the NATS connection to {servers} closed")))
+
+        connected = False
+        last_error: list[Exception] = []
+
+        async def on_error(exc: Exception) -> None:
+            # Reconnects are nats-py's job; errors are reported on stderr once connected.
+            # Anything fatal ends in on_closed, which breaks the bus.
+            if connected:
+                print(f"agentrt: NATS error: {exc!r}", file=sys.stderr)
+            else:
+                last_error[:] = [exc]
+
+        connect_timeout = options.pop("overall_timeout")
+        try:
+            # nats-py retries the first connect forever when reconnects are unlimited, so the
+            # whole first connect gets one bound here.
+            self._nc = await asyncio.wait_for(
+                nats.connect(
+                    servers=list(servers),
+                    closed_cb=on_closed,
+                    error_cb=on_error,
+                    allow_reconnect=True,
+                    **options,
+                ),
+                connect_timeout,
+            )
+            connected = True
+            self.max_payload = int(self._nc.max_payload)
+            await self._nc.subscribe(f"{self._inbox}.*", cb=self._on_reply)
+        except Exception as exc:
+            cause = last_error[0] if last_error else exc
+            err = BusError(
+                f"cannot connect to NATS at {', '.join(servers)} within {connect_timeout}s "
+                f"({cause!r}); is the server running and are the credentials right?"
+            )
+            err.__cause__ = cause
+            self._push_in(("result", ready, outcome.Error(err)))
+            return
+        self._push_in(("result", ready, outcome.Value(None)))
+        pump = asyncio.ensure_future(self._a_pump())
+        try:
+            await pump
+        finally:
+            pump.cancel()
+
+    async def _on_reply(self, msg: Any) -> None:
+        req_id = int(msg.subject.rpartition(".")[2])
+        self._push_in(("reply", req_id, InboundMsg(msg.subject, msg.reply, msg.data, msg.headers)))
+
+    def _sub_callback(self, sid: int) -> Callable[[Any], Coroutine[Any, Any, None]]:
+        push = self._push_in
+
+        async def cb(msg: Any) -> None:
+            push(("msg", sid, InboundMsg(msg.subject, msg.reply, msg.data, msg.headers)))
+
+        return cb
+
+    async def _a_pump(self) -> None:
+        assert self._pump_event is not None
+        event, out, nc = self._pump_event, self._out, self._nc
+        while True:
+            await event.wait()
+            event.clear()
+            self._out_wake_pending = False
+            had_backlog = len(out) > _OUTBOUND_HIGH_WATER
+            while out:
+                op = out.popleft()
+                if op[0] == "pub":
+                    try:
+                        await nc.publish(op[1], op[3], reply=op[2], headers=op[4])
+                    except Exception as exc:
+                        print(f"agentrt: publish to {op[1]} failed: {exc!r}", file=sys.stderr)
+                elif op[0] == "call":
+                    asyncio.ensure_future(self._a_call(op[1], op[2], op[3]))
+                elif op[0] == "stop":
+                    # Awaited, not spawned: asyncio.run() cancels leftover tasks on return.
+                    await self._a_call(op[1], op[2], op[3])
+                    return
+            if had_backlog:
+                self._push_in(("drained",))
+
+    async def _a_call(
+        self, call_id: int, fn: Callable[..., Coroutine[Any, Any, Any]], args: tuple[Any, ...]
+    ) -> None:
+        try:
+            value = await asyncio.wait_for(fn(*args), _CONTROL_TIMEOUT_S)
+            result: outcome.Outcome[Any] = outcome.Value(value)
+        except Exception as exc:
+            err = BusError(f"NATS operation {fn.__name__.lstrip('_a')} failed: {exc!r}")
+            err.__cause__ = exc
+            result = outcome.Error(err)
+        self._push_in(("result", call_id, result))
+
+    async def _a_subscribe(self, sid: int, subject: str, queue: str) -> None:
+        sub = await self._nc.subscribe(
+            subject, queue=queue, cb=self._sub_callback(sid), pending_msgs_limit=0,
+            pending_bytes_limit=0,
+        )  # fmt: skip
+        self._nats_subs[sid] = sub
+        await self._nc.flush()
+
+    async def _a_unsubscribe(self, sid: int) -> None:
+        sub = self._nats_subs.pop(sid, None)
+        if sub is not None:
+            await sub.unsubscribe()
+
+    async def _a_flush(self) -> None:
+        await self._nc.flush()
+
+    async def _a_close(self) -> None:
+        self._closing = True
+        if self._nc is not None and not self._nc.is_closed:
+            try:
+                await self._nc.flush(timeout=2)
+            except Exception:  # closing anyway; a flush failure has nothing left to save
+                pass
+            await self._nc.close()
+
+    _nats_subs: dict[int, Any]
+
+    def _run_thread(self, servers: Sequence[str], options: dict[str, Any], ready: int) -> None:
+        self._nats_subs = {}
+        try:
+            asyncio.run(self._a_main(servers, options, ready))
+        except BaseException as exc:  # the thread must always report back to trio
+            err = BusError(f"the NATS thread died: {exc!r}")
+            err.__cause__ = exc
+            self._push_in(("broken", err))
+
+
+@asynccontextmanager
+async def open_bus(
+    servers: str | Sequence[str],
+    *,
+    name: str = "agentrt",
+    user: str | None = None,
+    password: str | None = None,
+    connect_timeout: float = 5.0,
+) -> AsyncIterator[NatsBus]:
+    """Connect to NATS; the connection and its thread live exactly as long as the block.
+
+    Raises:
+        BusError: the server cannot be reached within ``connect_timeout`` or refuses the
+            credentials; the message names the servers.
+    """
+    if isinstance(servers, str):
+        servers = [s.strip() for s in servers.split(",") if s.strip()]
+    if sys.getswitchinterval() > _SWITCH_INTERVAL_S:
+        sys.setswitchinterval(_SWITCH_INTERVAL_S)
+    bus = NatsBus(trio.lowlevel.current_trio_token())
+    options: dict[str, Any] = {
+        "name": name,
+        "connect_timeout": min(connect_timeout, 2.0),
+        "overall_timeout": connect_timeout,
+        "max_reconnect_attempts": -1,
+        "reconnect_time_wait": 0.5,
+    }
+    if user is not None:
+        options["user"], options["password"] = user, password
+    ready = next(bus._req_ids)
+    bus._calls[ready] = trio.lowlevel.current_task()
+    thread = threading.Thread(
+        target=bus._run_thread, args=(servers, options, ready), name="agentrt-nats", daemon=True
+    )
+    thread.start()
+    try:
+        with trio.CancelScope(shield=True):  # bounded by the connect timeout
+            await trio.lowlevel.wait_task_rescheduled(lambda _: trio.lowlevel.Abort.FAILED)
+        yield bus
+    finally:
+        with trio.CancelScope(shield=True):
+            if bus._loop is not None and not bus._loop.is_closed() and bus._broken is None:
+                try:
+                    call_id = next(bus._req_ids)
+                    bus._calls[call_id] = trio.lowlevel.current_task()
+                    bus._push_out(("stop", call_id, bus._a_close, ()))
+                    with trio.move_on_after(_CONTROL_TIMEOUT_S):
+                        await trio.lowlevel.wait_task_rescheduled(
+                            lambda _: trio.lowlevel.Abort.SUCCEEDED
+                        )
+                except BusError:
+                    pass
+            bus._break(BusError("the NATS connection is closed"))
+            with trio.move_on_after(_CONTROL_TIMEOUT_S):
+                await trio.to_thread.run_sync(thread.join, abandon_on_cancel=True)

@@ -1,0 +1,59 @@
+"""Control-plane records: what a node reports about itself on ``ctl.status``."""
+
+from __future__ import annotations
+
+import msgspec
+
+__all__ = ["AgentStats", "NodeStatus"]
+
+
+class AgentStats(msgspec.Struct, kw_only=True):
+    """Counters for one agent type on one node (monotonic since the node started).
+
+    Attributes:
+        type: the agent type.
+        active: actors currently activated.
+        activations: actors activated so far (first message for a key, or after idling out).
+        received: messages accepted into a mailbox.
+        handled: messages whose handler returned normally.
+        failed: messages whose handler raised (the caller got ``HandlerFailed``).
+        restarts: actor restarts after a failure.
+        stopped: times an actor exceeded its restart budget and was stopped.
+        deadline_exceeded: messages dropped or interrupted because their deadline passed.
+        no_handler: messages of a type this agent has no handler for.
+        overloaded: messages refused because the actor's mailbox was full.
+    """
+
+    type: str
+    active: int = 0
+    activations: int = 0
+    received: int = 0
+    handled: int = 0
+    failed: int = 0
+    restarts: int = 0
+    stopped: int = 0
+    deadline_exceeded: int = 0
+    no_handler: int = 0
+    overloaded: int = 0
+
+
+class NodeStatus(msgspec.Struct, kw_only=True):
+    """A node's answer to ``ctl.status``.
+
+    Attributes:
+        node: node name (``<name>-<replica>`` under ``agentrt up``).
+        pid: OS process id.
+        uptime_s: seconds since the node started serving.
+        state: ``serving`` or ``draining``.
+        agents: counters per agent type hosted.
+        malformed: bus messages that could not be decoded (bad bytes, unknown type, bad payload).
+        inbound_overflow: bus messages refused because an inbound queue was full.
+    """
+
+    node: str
+    pid: int
+    uptime_s: float
+    state: str
+    agents: list[AgentStats]
+    malformed: int = 0
+    inbound_overflow: int = 0

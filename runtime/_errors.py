@@ -1,0 +1,189 @@
+"""Every exception agentrt raises, in one tree.
+
+```
+AgentrtError
+├── ConfigError                  agentrt.toml is wrong: file, key path, what is expected
+├── AgentDefinitionError         an Agent class or message type is malformed (raised at import)
+├── BusError                     the NATS connection failed or closed (cause chained)
+│   └── NatsServerError          the embedded nats-server could not start
+├── DeliveryError                a message did not produce a reply
+│   ├── DeadlineExceeded         (also TimeoutError) no reply before the deadline
+│   ├── AgentUnavailable         nobody serves that agent type (no responders) or it is failing
+│   ├── Overloaded               the recipient's inbound queue was full; retry later
+│   ├── PayloadTooLarge          the encoded message exceeds the bus limit
+│   ├── UnexpectedReply          the reply's type is not the one the caller expected
+│   └── RemoteError              the recipient refused or failed the message
+│       ├── HandlerFailed        its handler raised: remote type + message + agent id
+│       ├── NoHandler            the agent has no handler for that message type
+│       ├── UnknownMessageType   the receiving node does not know that type tag
+│       └── MalformedMessage     the bytes did not decode into the declared type
+└── ClusterNotRunning            `agentrt status/call/down` found no running cluster
+```
+
+Errors carry their facts as attributes, and `str()` is one sentence: what failed, where, and how
+to fix it. Errors that cross the bus are rebuilt on the caller's side from `ErrorInfo`, so a
+caller always gets the most specific class.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "AgentDefinitionError",
+    "AgentUnavailable",
+    "AgentrtError",
+    "BusError",
+    "ClusterNotRunning",
+    "ConfigError",
+    "DeadlineExceeded",
+    "DeliveryError",
+    "HandlerFailed",
+    "MalformedMessage",
+    "NatsServerError",
+    "NoHandler",
+    "Overloaded",
+    "PayloadTooLarge",
+    "RemoteError",
+    "UnexpectedReply",
+    "UnknownMessageType",
+]
+
+
+class AgentrtError(Exception):
+    """Root of every error agentrt raises on purpose."""
+
+
+class ConfigError(AgentrtError):
+    """The cluster configuration is invalid; nothing was started.
+
+    Attributes:
+        path: the file that was read.
+        key: the key path inside it (``$.nodes[0].agents``), or ``""`` for the whole file.
+        problem: what is wrong and what is expected.
+    """
+
+    def __init__(self, path: str, key: str, problem: str) -> None:
+        self.path, self.key, self.problem = path, key, problem
+        where = f"{path}: {key}" if key else path
+        super().__init__(f"{where}: {problem}")
+
+
+class AgentDefinitionError(AgentrtError, TypeError):
+    """An agent class or message type cannot work as written; raised when the class is defined."""
+
+
+class BusError(AgentrtError):
+    """The NATS connection failed, closed, or refused an operation. The cause is chained."""
+
+
+class NatsServerError(BusError):
+    """The embedded ``nats-server`` could not be started or did not become ready."""
+
+
+class ClusterNotRunning(AgentrtError):
+    """No running cluster was found for this configuration (no state file, or it is stale)."""
+
+
+class DeliveryError(AgentrtError):
+    """A message was sent but no normal reply came back.
+
+    Attributes:
+        recipient: the agent id (``type/key``) or subject the message was for.
+    """
+
+    def __init__(self, message: str, *, recipient: str = "") -> None:
+        self.recipient = recipient
+        super().__init__(message)
+
+
+class DeadlineExceeded(DeliveryError, TimeoutError):
+    """No reply arrived before the deadline.
+
+    The message may or may not have been handled: request/reply is at-most-once.
+
+    Attributes:
+        deadline_s: the time budget the request had, in seconds.
+        elapsed_s: how long the caller actually waited.
+    """
+
+    def __init__(self, recipient: str, deadline_s: float, elapsed_s: float) -> None:
+        self.deadline_s, self.elapsed_s = deadline_s, elapsed_s
+        super().__init__(
+            f"no reply from {recipient} within {deadline_s:.3g}s (waited {elapsed_s:.3g}s); "
+            "the recipient may be slow, overloaded or down: check `agentrt status`, "
+            "or give the call a longer deadline",
+            recipient=recipient,
+        )
+
+
+class AgentUnavailable(DeliveryError):
+    """No node currently serves the recipient's agent type, or the actor has stopped."""
+
+
+class Overloaded(DeliveryError):
+    """The recipient's bounded inbound queue was full; the message was refused, not queued."""
+
+
+class PayloadTooLarge(DeliveryError):
+    """The encoded message is larger than the bus accepts.
+
+    Attributes:
+        size: encoded size in bytes.
+        limit: the largest size allowed.
+    """
+
+    def __init__(self, recipient: str, size: int, limit: int) -> None:
+        self.size, self.limit = size, limit
+        super().__init__(
+            f"message for {recipient} is {size} bytes, over the {limit}-byte limit; "
+            "send a reference (file transfer / object store) instead of the bytes",
+            recipient=recipient,
+        )
+
+
+class UnexpectedReply(DeliveryError):
+    """The reply arrived but is not of the type passed as ``expect=``."""
+
+
+class RemoteError(DeliveryError):
+    """The recipient received the message and answered with a failure.
+
+    Attributes:
+        code: machine-readable reason (``handler_failed``, ``no_handler``, ...).
+        remote_type: the exception type name raised on the remote side, if any.
+        remote_message: the remote side's message.
+        agent_id: the actor that answered (``type/key``), or ``""`` if no actor was reached.
+    """
+
+    code = "remote_error"
+
+    def __init__(
+        self, message: str, *, remote_type: str = "", agent_id: str = "", recipient: str = ""
+    ) -> None:
+        self.remote_type, self.remote_message, self.agent_id = remote_type, message, agent_id
+        where = agent_id or recipient or "remote"
+        prefix = f"{remote_type} in {where}" if remote_type else where
+        super().__init__(f"{prefix}: {message}", recipient=recipient or agent_id)
+
+
+class HandlerFailed(RemoteError):
+    """The recipient's handler raised; the actor was restarted per its policy."""
+
+    code = "handler_failed"
+
+
+class NoHandler(RemoteError):
+    """The recipient agent has no handler for this message type."""
+
+    code = "no_handler"
+
+
+class UnknownMessageType(RemoteError):
+    """The receiving node has no message type registered under this tag."""
+
+    code = "unknown_type"
+
+
+class MalformedMessage(RemoteError):
+    """The bytes received do not decode into the declared message type."""
+
+    code = "malformed"

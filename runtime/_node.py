@@ -1,0 +1,637 @@
+"""A node: one OS process's actors, their bus subscriptions, and the send/publish paths.
+
+Requests to an agent type hosted on this node never touch the bus: the message object goes
+straight into the actor's mailbox and the reply comes back through a one-shot wake-up. Other
+requests become an ``Envelope`` on the subject ``agentrt.<cluster>.agent.<type>.<key>``, which
+every node hosting that type subscribes to in one queue group, so replicas share the load.
+"""
+
+from __future__ import annotations
+
+import enum
+import logging
+import math
+import os
+import re
+import time
+from collections.abc import AsyncIterator, Sequence
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from typing import Any, TypeVar, overload
+
+import msgspec
+import outcome
+import trio
+
+from ._actor import ActorHost, Delivery, current_trace_id
+from ._agent import Agent
+from ._bus import InboundMsg, Subscription, Transport, open_bus
+from ._control import NodeStatus
+from ._envelope import (
+    ContentType,
+    Envelope,
+    ErrorCode,
+    ErrorInfo,
+    Kind,
+    decode_envelope,
+    decode_error,
+    encode,
+    error_from_info,
+    new_id,
+)
+from ._errors import (
+    AgentDefinitionError,
+    AgentUnavailable,
+    DeadlineExceeded,
+    DeliveryError,
+    MalformedMessage,
+    Overloaded,
+    PayloadTooLarge,
+    UnexpectedReply,
+    UnknownMessageType,
+)
+from ._ids import AgentId
+from ._messages import lookup_message, message_tag
+
+__all__ = ["Node", "NodeConfig", "Subjects", "open_client", "open_node"]
+
+log = logging.getLogger("agentrt.node")
+
+R = TypeVar("R", bound=msgspec.Struct)
+
+_CLUSTER_RE = re.compile(r"[A-Za-z0-9_-]{1,64}\Z")
+_TOPIC_RE = re.compile(r"[A-Za-z0-9_-]+(?:\.[A-Za-z0-9_-]+)*\Z")
+
+
+class NodeConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """Everything a node needs to run; ``agentrt up`` builds it from ``agentrt.toml``.
+
+    Attributes:
+        cluster: cluster name; every subject is namespaced by it.
+        name: this node's name, shown in ``agentrt status``.
+        servers: NATS URLs to connect to.
+        user / password: NATS credentials.
+        default_deadline_s: deadline for requests made without one, so nothing waits forever.
+        idle_timeout_s: an actor idle this long is deactivated.
+        drain_timeout_s: on shutdown, how long queued messages may take before actors are cancelled.
+        inbound_capacity: bus messages buffered per subscription before senders get ``Overloaded``.
+    """
+
+    cluster: str = "default"
+    name: str = "node"
+    servers: tuple[str, ...] = ("nats://127.0.0.1:4222",)
+    user: str | None = None
+    password: str | None = None
+    default_deadline_s: float = 30.0
+    idle_timeout_s: float = 600.0
+    drain_timeout_s: float = 10.0
+    inbound_capacity: int = 4096
+
+
+class Subjects:
+    """The NATS subjects of one cluster (``agentrt.<cluster>.*``)."""
+
+    def __init__(self, cluster: str) -> None:
+        if not _CLUSTER_RE.match(cluster):
+            raise ValueError(
+                f"cluster name {cluster!r} is not valid: use 1-64 letters, digits, '_' or '-'"
+            )
+        self.root = f"agentrt.{cluster}"
+
+    def agent(self, agent_id: AgentId) -> str:
+        return f"{self.root}.agent.{agent_id.type}.{agent_id.key}"
+
+    def agent_prefix(self, agent_type: str) -> str:
+        return f"{self.root}.agent.{agent_type}."
+
+    def topic(self, topic: str) -> str:
+        if not _TOPIC_RE.match(topic):
+            raise ValueError(
+                f"topic {topic!r} is not valid: use letters, digits, '_' or '-' in dot-separated parts"
+            )
+        return f"{self.root}.topic.{topic}"
+
+    def ctl(self, name: str) -> str:
+        return f"{self.root}.ctl.{name}"
+
+
+class _State(enum.Enum):
+    STARTING = "starting"
+    SERVING = "serving"
+    DRAINING = "draining"
+    STOPPED = "stopped"
+
+
+class _LocalReply:
+    """One-shot reply slot for an in-process request; the answer may come before the wait."""
+
+    __slots__ = ("_outcome", "_recipient", "_task")
+
+    def __init__(self, recipient: str) -> None:
+        self._recipient = recipient
+        self._outcome: outcome.Outcome[Any] | None = None
+        self._task: trio.lowlevel.Task | None = None
+
+    def _set(self, result: outcome.Outcome[Any]) -> None:
+        if self._outcome is not None:
+            return
+        self._outcome = result
+        if self._task is not None:
+            task, self._task = self._task, None
+            trio.lowlevel.reschedule(task, result)
+
+    def ok(self, value: msgspec.Struct | None) -> None:
+        self._set(outcome.Value(value))
+
+    def err(self, info: ErrorInfo) -> None:
+        self._set(outcome.Error(error_from_info(info, self._recipient, deadline_s=0, elapsed_s=0)))
+
+    async def wait(self) -> Any:
+        if self._outcome is not None:
+            await trio.lowlevel.checkpoint()
+            return self._outcome.unwrap()
+        self._task = trio.lowlevel.current_task()
+
+        def abort(_: Any) -> trio.lowlevel.Abort:
+            self._task = None
+            self._outcome = outcome.Value(None)  # late answers are dropped
+            return trio.lowlevel.Abort.SUCCEEDED
+
+        return await trio.lowlevel.wait_task_rescheduled(abort)
+
+
+class _BusReply:
+    """Answers one request that came over the bus by publishing to its reply subject."""
+
+    __slots__ = ("_bus", "_env", "_reply")
+
+    def __init__(self, bus: Transport, reply: str, env: Envelope) -> None:
+        self._bus, self._reply, self._env = bus, reply, env
+
+    def ok(self, value: msgspec.Struct | None) -> None:
+        env = self._env
+        if value is None:
+            tag, payload = "", b""
+        else:
+            try:
+                tag = message_tag(type(value))
+                payload = encode(value)
+            except (AgentDefinitionError, TypeError, msgspec.EncodeError) as exc:
+                self.err(
+                    ErrorInfo(
+                        code=ErrorCode.HANDLER_FAILED,
+                        message=f"handler returned a value that cannot be sent back: {exc}",
+                        remote_type=type(exc).__name__,
+                        agent_id=env.recipient,
+                    )
+                )
+                return
+        self._publish(Kind.REPLY, tag, payload)
+
+    def err(self, info: ErrorInfo) -> None:
+        self._publish(Kind.ERROR, "agentrt.error", encode(info))
+
+    def _publish(self, kind: Kind, tag: str, payload: bytes) -> None:
+        env = self._env
+        data = encode(
+            Envelope(
+                id=new_id(), kind=kind, type=tag, sender=env.recipient, recipient=env.sender,
+                payload=payload, correlation_id=env.id, deadline=env.deadline,
+                trace_id=env.trace_id,
+            )
+        )  # fmt: skip
+        try:
+            self._bus.publish_nowait(self._reply, data)
+        except PayloadTooLarge as exc:
+            if kind is Kind.REPLY:
+                self.err(
+                    ErrorInfo(
+                        code=ErrorCode.HANDLER_FAILED,
+                        message=str(exc),
+                        remote_type="PayloadTooLarge",
+                        agent_id=env.recipient,
+                    )
+                )
+            else:
+                log.error("cannot answer %s: %s", env.id, exc)
+        except DeliveryError as exc:
+            log.error("cannot answer %s: %s", env.id, exc)
+
+
+class Node:
+    """Hosts actors and sends messages; run it with ``open_node()`` or ``nursery.start(serve)``."""
+
+    def __init__(self, config: NodeConfig, agents: Sequence[type[Agent]], bus: Transport) -> None:
+        self.config, self._bus = config, bus
+        self.name = config.name
+        self.subjects = Subjects(config.cluster)
+        types: dict[str, type[Agent]] = {}
+        for cls in agents:
+            if not (isinstance(cls, type) and issubclass(cls, Agent)):
+                raise AgentDefinitionError(f"{cls!r} is not an agentrt.Agent subclass")
+            if cls.agent_type in types and types[cls.agent_type] is not cls:
+                raise AgentDefinitionError(
+                    f"two agent classes on node {self.name} use the type {cls.agent_type!r}: "
+                    f"{types[cls.agent_type].__qualname__} and {cls.__qualname__}"
+                )
+            types[cls.agent_type] = cls
+        self._agent_classes = types
+        self._hosts: dict[str, ActorHost] = {}
+        self._tags: dict[type, str] = {}
+        self._state = _State.STARTING
+        self._stop = trio.Event()
+        self._started_at = 0.0
+        self.malformed = 0
+        self.inbound_overflow = 0
+
+    # ------------------------------------------------------------------ sending
+
+    def _tag(self, msg: msgspec.Struct) -> str:
+        cls = type(msg)
+        tag = self._tags.get(cls)
+        if tag is None:
+            tag = self._tags[cls] = message_tag(cls)
+        return tag
+
+    def _deadline(self) -> float:
+        return min(
+            trio.current_effective_deadline(),
+            trio.current_time() + self.config.default_deadline_s,
+        )
+
+    @overload
+    async def send(
+        self, to: AgentId, msg: msgspec.Struct, *, expect: type[R], sender: str = ...
+    ) -> R: ...
+
+    @overload
+    async def send(
+        self, to: AgentId, msg: msgspec.Struct, *, expect: None = ..., sender: str = ...
+    ) -> msgspec.Struct | None: ...
+
+    async def send(
+        self, to: AgentId, msg: msgspec.Struct, *, expect: type[R] | None = None,
+        sender: str = "",
+    ) -> msgspec.Struct | None:  # fmt: skip
+        """Send a request and return the typed reply (``None`` if the handler returns nothing).
+
+        Raises:
+            DeadlineExceeded: no reply before the caller's deadline (or the default one).
+            AgentUnavailable: no node serves ``to.type``, or the actor is stopped.
+            RemoteError: the recipient failed: ``HandlerFailed``, ``NoHandler``, ...
+            UnexpectedReply: ``expect`` was given and the reply is of another type.
+        """
+        tag = self._tag(msg)
+        deadline = self._deadline()
+        sender = sender or f"client:{self.name}"
+        host = self._hosts.get(to.type)
+        if host is not None:
+            result = await self._send_local(host, to, msg, tag, deadline, sender)
+        else:
+            env = self._envelope(Kind.REQUEST, tag, sender, str(to), encode(msg), deadline)
+            reply = await self.request_envelope(self.subjects.agent(to), env, deadline)
+            result = self._decode_reply(reply, str(to))
+        if expect is not None and not isinstance(result, expect):
+            raise UnexpectedReply(
+                f"{to} answered {type(result).__name__}, not the expected {expect.__name__}",
+                recipient=str(to),
+            )
+        return result
+
+    def _envelope(
+        self, kind: Kind, tag: str, sender: str, recipient: str, payload: bytes, deadline: float,
+        content_type: ContentType = ContentType.MSGPACK,
+    ) -> Envelope:  # fmt: skip
+        wall_deadline = 0.0
+        if deadline != math.inf:
+            wall_deadline = time.time() + (deadline - trio.current_time())
+        return Envelope(
+            id=new_id(), kind=kind, type=tag, sender=sender, recipient=recipient,
+            payload=payload, deadline=wall_deadline,
+            trace_id=current_trace_id.get() or os.urandom(16).hex(), content_type=content_type,
+        )  # fmt: skip
+
+    async def _send_local(
+        self, host: ActorHost, to: AgentId, msg: msgspec.Struct, tag: str, deadline: float,
+        sender: str,
+    ) -> msgspec.Struct | None:  # fmt: skip
+        reply = _LocalReply(str(to))
+        delivery = Delivery(
+            msg, tag, sender=sender, deadline=deadline,
+            trace_id=current_trace_id.get() or os.urandom(16).hex(), responder=reply,
+        )  # fmt: skip
+        started = trio.current_time()
+        with trio.move_on_at(deadline) as scope:
+            await host.deliver(to.key, delivery)
+            result: msgspec.Struct | None = await reply.wait()
+            return result
+        assert scope.cancelled_caught
+        raise DeadlineExceeded(str(to), deadline - started, trio.current_time() - started)
+
+    async def request_envelope(self, subject: str, env: Envelope, deadline: float) -> Envelope:
+        """Send an envelope over the bus and return the reply envelope (errors raised typed).
+
+        This is the raw path under ``send()``; the CLI uses it to send JSON payloads.
+        """
+        started = trio.current_time()
+        with trio.move_on_at(deadline) as scope:
+            try:
+                msg = await self._bus.request(subject, encode(env))
+            except AgentUnavailable:
+                agent_type = env.recipient.partition("/")[0]
+                raise AgentUnavailable(
+                    f"no node of cluster {self.config.cluster!r} serves agent type "
+                    f"{agent_type!r}; check the agents listed under [[nodes]] in agentrt.toml "
+                    "and whether those nodes are up (`agentrt status`)",
+                    recipient=env.recipient,
+                ) from None
+            except PayloadTooLarge as exc:
+                raise PayloadTooLarge(env.recipient, exc.size, exc.limit) from None
+        if scope.cancelled_caught:
+            raise DeadlineExceeded(env.recipient, deadline - started, trio.current_time() - started)
+        reply = decode_envelope(msg.data)
+        if reply.kind is Kind.ERROR:
+            raise error_from_info(
+                decode_error(reply), env.recipient, deadline_s=deadline - started,
+                elapsed_s=trio.current_time() - started,
+            )  # fmt: skip
+        return reply
+
+    def _decode_reply(self, reply: Envelope, recipient: str) -> msgspec.Struct | None:
+        if not reply.type:
+            return None
+        codec = lookup_message(reply.type)
+        if codec is None:
+            raise UnknownMessageType(
+                f"reply type {reply.type!r} is not known in this process; import the module "
+                "that defines it (or subclass agentrt.Message) before sending",
+                recipient=recipient,
+            )
+        try:
+            if reply.content_type is ContentType.JSON:
+                return codec.json.decode(reply.payload)  # type: ignore[no-any-return]
+            return codec.msgpack.decode(reply.payload)  # type: ignore[no-any-return]
+        except msgspec.DecodeError as exc:
+            raise MalformedMessage(
+                f"reply of type {reply.type!r} does not decode: {exc}", recipient=recipient
+            ) from exc
+
+    async def publish(
+        self, topic: str, msg: msgspec.Struct, *, key: str = "default", sender: str = ""
+    ) -> None:
+        """Publish an event: each agent type subscribed to ``topic`` gets one copy.
+
+        Raises:
+            ValueError: the topic or key is not valid.
+            PayloadTooLarge: the encoded message is over the bus limit.
+        """
+        AgentId("topic", key)  # validates the key
+        env = self._envelope(
+            Kind.EVENT, self._tag(msg), sender or f"client:{self.name}", key, encode(msg),
+            math.inf,
+        )  # fmt: skip
+        self._bus.publish_nowait(self.subjects.topic(topic), encode(env))
+        await trio.lowlevel.checkpoint()
+
+    # ------------------------------------------------------------------ receiving
+
+    def _reject(self, m: InboundMsg, code: ErrorCode, problem: str, env: Envelope | None) -> None:
+        self.malformed += 1
+        log.warning("rejected message on %s: %s", m.subject, problem)
+        if m.reply:
+            info = ErrorInfo(code=code, message=problem)
+            if env is not None:
+                _BusReply(self._bus, m.reply, env).err(info)
+            else:
+                self._bus.publish_nowait(
+                    m.reply,
+                    encode(
+                        Envelope(
+                            id=new_id(), kind=Kind.ERROR, type="agentrt.error", sender=self.name,
+                            recipient="", payload=encode(info),
+                        )
+                    ),
+                )  # fmt: skip
+
+    def _decode_inbound(self, m: InboundMsg) -> tuple[Envelope, msgspec.Struct] | None:
+        try:
+            env = decode_envelope(m.data)
+        except MalformedMessage as exc:
+            self._reject(m, ErrorCode.MALFORMED, str(exc), None)
+            return None
+        codec = lookup_message(env.type)
+        if codec is None:
+            self._reject(
+                m, ErrorCode.UNKNOWN_TYPE,
+                f"node {self.name} has no message type {env.type!r}; the agent module that "
+                "defines it must be importable on the receiving node",
+                env,
+            )  # fmt: skip
+            return None
+        try:
+            if env.content_type is ContentType.JSON:
+                msg = codec.json.decode(env.payload)
+            else:
+                msg = codec.msgpack.decode(env.payload)
+        except msgspec.DecodeError as exc:
+            self._reject(
+                m, ErrorCode.MALFORMED,
+                f"payload does not match {env.type!r} ({codec.type.__qualname__}): {exc}", env,
+            )  # fmt: skip
+            return None
+        return env, msg
+
+    def _trio_deadline(self, env: Envelope) -> float:
+        if not env.deadline:
+            return trio.current_time() + self.config.default_deadline_s
+        return trio.current_time() + (env.deadline - time.time())
+
+    def _on_agent_message(self, host: ActorHost, prefix_len: int, m: InboundMsg) -> None:
+        decoded = self._decode_inbound(m)
+        if decoded is None:
+            return
+        env, msg = decoded
+        responder = _BusReply(self._bus, m.reply, env) if m.reply else None
+        key = m.subject[prefix_len:]
+        try:
+            AgentId(host.type, key)
+        except ValueError as exc:
+            self._reject(m, ErrorCode.MALFORMED, str(exc), env)
+            return
+        delivery = Delivery(
+            msg, env.type, sender=env.sender, deadline=self._trio_deadline(env),
+            trace_id=env.trace_id, envelope_id=env.id, responder=responder,
+        )  # fmt: skip
+        self._deliver_nowait(host, key, delivery)
+
+    def _on_topic_message(self, host: ActorHost, m: InboundMsg) -> None:
+        decoded = self._decode_inbound(m)
+        if decoded is None:
+            return
+        env, msg = decoded
+        try:
+            AgentId(host.type, env.recipient)
+        except ValueError as exc:
+            self._reject(m, ErrorCode.MALFORMED, str(exc), env)
+            return
+        delivery = Delivery(
+            msg, env.type, sender=env.sender, deadline=math.inf, trace_id=env.trace_id,
+            envelope_id=env.id,
+        )  # fmt: skip
+        self._deliver_nowait(host, env.recipient, delivery)
+
+    def _deliver_nowait(self, host: ActorHost, key: str, delivery: Delivery) -> None:
+        try:
+            host.deliver_nowait(key, delivery)
+        except DeliveryError as exc:
+            code = ErrorCode.OVERLOADED if isinstance(exc, Overloaded) else ErrorCode.UNAVAILABLE
+            if delivery.responder is None:
+                log.warning("dropped event %s for %s/%s: %s", delivery.envelope_id, host.type,
+                            key, exc)  # fmt: skip
+            delivery.fail(code, str(exc), agent=f"{host.type}/{key}")
+
+    def _on_overflow(self, m: InboundMsg) -> None:
+        self.inbound_overflow += 1
+        if m.reply:
+            self._bus.publish_nowait(
+                m.reply,
+                encode(
+                    Envelope(
+                        id=new_id(), kind=Kind.ERROR, type="agentrt.error", sender=self.name,
+                        recipient="",
+                        payload=encode(ErrorInfo(
+                            code=ErrorCode.OVERLOADED,
+                            message=f"node {self.name}'s inbound queue for {m.subject} is full "
+                            f"({self.config.inbound_capacity}); retry later or add replicas",
+                        )),
+                    )
+                ),
+            )  # fmt: skip
+        else:
+            log.warning("inbound queue full: dropped event on %s", m.subject)
+
+    def status(self) -> NodeStatus:
+        """A snapshot of this node's counters."""
+        return NodeStatus(
+            node=self.name,
+            pid=os.getpid(),
+            uptime_s=round(trio.current_time() - self._started_at, 3) if self._started_at else 0,
+            state=self._state.value,
+            agents=[msgspec.structs.replace(h.stats) for h in self._hosts.values()],
+            malformed=self.malformed,
+            inbound_overflow=self.inbound_overflow,
+        )
+
+    def _on_control(self, m: InboundMsg) -> None:
+        if m.subject.endswith(".status"):
+            if m.reply:
+                self._bus.publish_nowait(m.reply, encode(self.status()))
+        elif m.subject.endswith(".drain"):
+            self.stop()
+
+    # ------------------------------------------------------------------ lifecycle
+
+    def stop(self) -> None:
+        """Begin a graceful drain: stop taking messages, finish queued ones, then return."""
+        self._stop.set()
+
+    async def _pump(self, sub: Subscription, handle: Any) -> None:
+        async for m in sub:
+            handle(m)
+        if not self._stop.is_set():
+            raise AgentUnavailable(
+                f"node {self.name}: subscription {sub.subject} ended: the NATS connection was "
+                "lost and could not be re-established"
+            )
+
+    async def serve(self, *, task_status: trio.TaskStatus[Node] = trio.TASK_STATUS_IGNORED) -> None:
+        """Subscribe, serve until ``stop()``, then drain. ``task_status.started`` = subscribed."""
+        subs: list[Subscription] = []
+        cap, overflow = self.config.inbound_capacity, self._on_overflow
+        async with trio.open_nursery() as actors:
+            async with trio.open_nursery() as pumps:
+                for agent_type, cls in self._agent_classes.items():
+                    host = self._hosts[agent_type] = ActorHost(cls, self, actors)
+                    prefix = self.subjects.agent_prefix(agent_type)
+                    sub = await self._bus.subscribe(
+                        prefix + ">", queue=f"agentrt.{agent_type}", capacity=cap,
+                        on_overflow=overflow,
+                    )  # fmt: skip
+                    subs.append(sub)
+                    pumps.start_soon(
+                        self._pump, sub,
+                        lambda m, h=host, n=len(prefix): self._on_agent_message(h, n, m),
+                    )  # fmt: skip
+                    for topic in cls.topics:
+                        sub = await self._bus.subscribe(
+                            self.subjects.topic(topic), queue=f"agentrt.{agent_type}",
+                            capacity=cap, on_overflow=overflow,
+                        )  # fmt: skip
+                        subs.append(sub)
+                        pumps.start_soon(
+                            self._pump, sub, lambda m, h=host: self._on_topic_message(h, m)
+                        )
+                for name in ("status", "drain"):
+                    sub = await self._bus.subscribe(self.subjects.ctl(name), capacity=64)
+                    subs.append(sub)
+                    pumps.start_soon(self._pump, sub, self._on_control)
+                self._state = _State.SERVING
+                self._started_at = trio.current_time()
+                log.info("node %s serving %s", self.name, ", ".join(self._hosts) or "no agents")
+                task_status.started(self)
+                await self._stop.wait()
+                self._state = _State.DRAINING
+                with trio.move_on_after(self.config.drain_timeout_s) as scope:
+                    scope.shield = True
+                    for sub in subs:
+                        await sub.unsubscribe()
+            # Every message taken off the bus is now in a mailbox; let actors finish them.
+            for host in self._hosts.values():
+                host.close()
+            with trio.move_on_after(self.config.drain_timeout_s) as scope:
+                scope.shield = True
+                for host in self._hosts.values():
+                    await host.wait_stopped()
+            if scope.cancelled_caught:
+                log.error("node %s: actors still busy after %ss; cancelling them", self.name,
+                          self.config.drain_timeout_s)  # fmt: skip
+            actors.cancel_scope.cancel()
+        self._state = _State.STOPPED
+
+
+@asynccontextmanager
+async def open_node(
+    config: NodeConfig, agents: Sequence[type[Agent]] = (), *, bus: Transport | None = None
+) -> AsyncIterator[Node]:
+    """Connect to NATS, serve ``agents``, and drain them when the block exits.
+
+    Raises:
+        BusError: NATS cannot be reached.
+        AgentDefinitionError: two agent classes share a type name.
+    """
+    if bus is not None:
+        async with _serving(config, agents, bus) as node:
+            yield node
+        return
+    async with open_bus(
+        config.servers, name=f"agentrt:{config.cluster}:{config.name}", user=config.user,
+        password=config.password,
+    ) as nats_bus, _serving(config, agents, nats_bus) as node:  # fmt: skip
+        yield node
+
+
+@asynccontextmanager
+async def _serving(
+    config: NodeConfig, agents: Sequence[type[Agent]], bus: Transport
+) -> AsyncIterator[Node]:
+    node = Node(config, agents, bus)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(node.serve)
+        try:
+            yield node
+        finally:
+            node.stop()
+
+
+def open_client(config: NodeConfig) -> AbstractAsyncContextManager[Node]:
+    """A node with no agents: for programs and scripts that only send and publish."""
+    return open_node(config, ())
