@@ -78,10 +78,7 @@ def _fixup_module_metadata() -> None:
     for name in __all__:
         obj = globals()[name]
         if getattr(obj, "__module__", "").startswith("agentrt._"):
-            try:
-                obj.__module__ = __name__
-            except (AttributeError, TypeError):
-                pass
+            obj.__module__ = __name__
 
 
 _fixup_module_metadata()

@@ -75,8 +75,10 @@ class _Cell:
 class ActorHost:
     """All actors of one agent type on one node; their tasks live in the node's nursery."""
 
-    def __init__(self, cls: type[Agent], node: Node, nursery: trio.Nursery) -> None:
-        self.cls, self._node, self._nursery = cls, node, nursery
+    def __init__(
+        self, cls: type[Agent], node: Node, nursery: trio.Nursery, partition: int = 0
+    ) -> None:
+        self.cls, self._node, self._nursery, self.partition = cls, node, nursery, partition
         self.type = cls.agent_type
         self.stats = AgentStats(type=self.type)
         self._cells: dict[str, _Cell] = {}

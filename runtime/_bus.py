@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import contextlib
 import itertools
 import os
 import sys
@@ -286,10 +287,8 @@ class NatsBus:
         self._in.append(op)
         if not self._in_drain_pending:
             self._in_drain_pending = True
-            try:
+            with contextlib.suppress(trio.RunFinishedError):  # trio is gone: nobody to tell
                 self._token.run_sync_soon(self._drain_in)
-            except trio.RunFinishedError:
-                pass
 
     def _drain_in(self) -> None:
         # Runs on the trio thread, inside run_sync_soon: must never raise.
@@ -416,7 +415,9 @@ class NatsBus:
                     except Exception as exc:
                         print(f"agentrt: publish to {op[1]} failed: {exc!r}", file=sys.stderr)
                 elif op[0] == "call":
-                    asyncio.ensure_future(self._a_call(op[1], op[2], op[3]))
+                    task = asyncio.ensure_future(self._a_call(op[1], op[2], op[3]))
+                    self._a_tasks.add(task)
+                    task.add_done_callback(self._a_tasks.discard)
                 elif op[0] == "stop":
                     # Awaited, not spawned: asyncio.run() cancels leftover tasks on return.
                     await self._a_call(op[1], op[2], op[3])
@@ -455,16 +456,17 @@ class NatsBus:
     async def _a_close(self) -> None:
         self._closing = True
         if self._nc is not None and not self._nc.is_closed:
-            try:
+            # Closing anyway; a failed flush has nothing left to save.
+            with contextlib.suppress(Exception):
                 await self._nc.flush(timeout=2)
-            except Exception:  # closing anyway; a flush failure has nothing left to save
-                pass
             await self._nc.close()
 
     _nats_subs: dict[int, Any]
+    _a_tasks: set[asyncio.Future[None]]
 
     def _run_thread(self, servers: Sequence[str], options: dict[str, Any], ready: int) -> None:
         self._nats_subs = {}
+        self._a_tasks = set()
         try:
             asyncio.run(self._a_main(servers, options, ready))
         except BaseException as exc:  # the thread must always report back to trio

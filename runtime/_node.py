@@ -9,11 +9,13 @@ every node hosting that type subscribes to in one queue group, so replicas share
 from __future__ import annotations
 
 import enum
+import functools
 import logging
 import math
 import os
 import re
 import time
+import zlib
 from collections.abc import AsyncIterator, Sequence
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from typing import Any, TypeVar, overload
@@ -52,7 +54,7 @@ from ._errors import (
 from ._ids import AgentId
 from ._messages import lookup_message, message_tag
 
-__all__ = ["Node", "NodeConfig", "Subjects", "open_client", "open_node"]
+__all__ = ["Node", "NodeConfig", "Subjects", "open_client", "open_node", "partition_of"]
 
 log = logging.getLogger("agentrt.node")
 
@@ -74,6 +76,11 @@ class NodeConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_field
         idle_timeout_s: an actor idle this long is deactivated.
         drain_timeout_s: on shutdown, how long queued messages may take before actors are cancelled.
         inbound_capacity: bus messages buffered per subscription before senders get ``Overloaded``.
+        partitions: agent type -> how many replicas serve it cluster-wide (default 1). A key
+            always maps to partition ``crc32(key) % partitions``, so one key is one actor on
+            one replica and its state stays consistent; every sender must agree on this map,
+            which ``agentrt up`` derives from agentrt.toml.
+        owned: agent type -> the partition this node serves (default 0).
     """
 
     cluster: str = "default"
@@ -85,6 +92,13 @@ class NodeConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_field
     idle_timeout_s: float = 600.0
     drain_timeout_s: float = 10.0
     inbound_capacity: int = 4096
+    partitions: dict[str, int] = msgspec.field(default_factory=dict)
+    owned: dict[str, int] = msgspec.field(default_factory=dict)
+
+
+def partition_of(key: str, partitions: int) -> int:
+    """The partition that owns ``key``: stable across processes (Python's ``hash`` is not)."""
+    return zlib.crc32(key.encode()) % partitions if partitions > 1 else 0
 
 
 class Subjects:
@@ -97,16 +111,17 @@ class Subjects:
             )
         self.root = f"agentrt.{cluster}"
 
-    def agent(self, agent_id: AgentId) -> str:
-        return f"{self.root}.agent.{agent_id.type}.{agent_id.key}"
+    def agent(self, agent_id: AgentId, partition: int = 0) -> str:
+        return f"{self.root}.agent.{agent_id.type}.p{partition}.{agent_id.key}"
 
-    def agent_prefix(self, agent_type: str) -> str:
-        return f"{self.root}.agent.{agent_type}."
+    def agent_prefix(self, agent_type: str, partition: int = 0) -> str:
+        return f"{self.root}.agent.{agent_type}.p{partition}."
 
     def topic(self, topic: str) -> str:
         if not _TOPIC_RE.match(topic):
             raise ValueError(
-                f"topic {topic!r} is not valid: use letters, digits, '_' or '-' in dot-separated parts"
+                f"topic {topic!r} is not valid: use letters, digits, '_' or '-' "
+                "in dot-separated parts"
             )
         return f"{self.root}.topic.{topic}"
 
@@ -220,8 +235,11 @@ class _BusReply:
 class Node:
     """Hosts actors and sends messages; run it with ``open_node()`` or ``nursery.start(serve)``."""
 
-    def __init__(self, config: NodeConfig, agents: Sequence[type[Agent]], bus: Transport) -> None:
-        self.config, self._bus = config, bus
+    def __init__(
+        self, config: NodeConfig, agents: Sequence[type[Agent]], bus: Transport, *,
+        control: bool = True,
+    ) -> None:  # fmt: skip
+        self.config, self._bus, self._control = config, bus, control
         self.name = config.name
         self.subjects = Subjects(config.cluster)
         types: dict[str, type[Agent]] = {}
@@ -283,12 +301,13 @@ class Node:
         tag = self._tag(msg)
         deadline = self._deadline()
         sender = sender or f"client:{self.name}"
+        partition = partition_of(to.key, self.config.partitions.get(to.type, 1))
         host = self._hosts.get(to.type)
-        if host is not None:
+        if host is not None and host.partition == partition:
             result = await self._send_local(host, to, msg, tag, deadline, sender)
         else:
             env = self._envelope(Kind.REQUEST, tag, sender, str(to), encode(msg), deadline)
-            reply = await self.request_envelope(self.subjects.agent(to), env, deadline)
+            reply = await self.request_envelope(self.subjects.agent(to, partition), env, deadline)
             result = self._decode_reply(reply, str(to))
         if expect is not None and not isinstance(result, expect):
             raise UnexpectedReply(
@@ -296,6 +315,10 @@ class Node:
                 recipient=str(to),
             )
         return result
+
+    def agent_subject(self, to: AgentId) -> str:
+        """The subject of the replica that owns ``to`` (its key's partition)."""
+        return self.subjects.agent(to, partition_of(to.key, self.config.partitions.get(to.type, 1)))
 
     def _envelope(
         self, kind: Kind, tag: str, sender: str, recipient: str, payload: bytes, deadline: float,
@@ -469,9 +492,15 @@ class Node:
             return
         env, msg = decoded
         try:
-            AgentId(host.type, env.recipient)
+            target = AgentId(host.type, env.recipient)
         except ValueError as exc:
             self._reject(m, ErrorCode.MALFORMED, str(exc), env)
+            return
+        partition = partition_of(target.key, self.config.partitions.get(host.type, 1))
+        if partition != host.partition:
+            # The queue group picked this replica, but the key lives on another: pass it on
+            # so the actor that owns the key (and its state) handles it.
+            self._bus.publish_nowait(self.subjects.agent(target, partition), m.data)
             return
         delivery = Delivery(
             msg, env.type, sender=env.sender, deadline=math.inf, trace_id=env.trace_id,
@@ -530,6 +559,30 @@ class Node:
 
     # ------------------------------------------------------------------ lifecycle
 
+    @property
+    def bus(self) -> Transport:
+        """The node's bus connection, for control-plane code that needs raw subjects."""
+        return self._bus
+
+    async def gather(self, subject: str, *, expected: int | None, window_s: float) -> list[bytes]:
+        """Publish an empty request to ``subject`` and collect every reply.
+
+        Returns when ``expected`` replies arrived or after ``window_s`` seconds, whichever is
+        first, so a missing responder costs the timeout and never a hang.
+        """
+        inbox = f"_INBOX.{new_id()}"
+        sub = await self._bus.subscribe(inbox, capacity=1024)
+        replies: list[bytes] = []
+        try:
+            self._bus.publish_nowait(subject, b"", reply=inbox)
+            with trio.move_on_after(window_s):
+                while expected is None or len(replies) < expected:
+                    replies.append((await sub.receive()).data)
+        finally:
+            with trio.CancelScope(shield=True), trio.move_on_after(5):
+                await sub.unsubscribe()
+        return replies
+
     def stop(self) -> None:
         """Begin a graceful drain: stop taking messages, finish queued ones, then return."""
         self._stop.set()
@@ -550,16 +603,17 @@ class Node:
         async with trio.open_nursery() as actors:
             async with trio.open_nursery() as pumps:
                 for agent_type, cls in self._agent_classes.items():
-                    host = self._hosts[agent_type] = ActorHost(cls, self, actors)
-                    prefix = self.subjects.agent_prefix(agent_type)
+                    partition = self.config.owned.get(agent_type, 0)
+                    host = self._hosts[agent_type] = ActorHost(cls, self, actors, partition)
+                    prefix = self.subjects.agent_prefix(agent_type, partition)
                     sub = await self._bus.subscribe(
-                        prefix + ">", queue=f"agentrt.{agent_type}", capacity=cap,
+                        prefix + ">", queue=f"agentrt.{agent_type}.p{partition}", capacity=cap,
                         on_overflow=overflow,
                     )  # fmt: skip
                     subs.append(sub)
                     pumps.start_soon(
                         self._pump, sub,
-                        lambda m, h=host, n=len(prefix): self._on_agent_message(h, n, m),
+                        functools.partial(self._on_agent_message, host, len(prefix)),
                     )  # fmt: skip
                     for topic in cls.topics:
                         sub = await self._bus.subscribe(
@@ -568,9 +622,9 @@ class Node:
                         )  # fmt: skip
                         subs.append(sub)
                         pumps.start_soon(
-                            self._pump, sub, lambda m, h=host: self._on_topic_message(h, m)
+                            self._pump, sub, functools.partial(self._on_topic_message, host)
                         )
-                for name in ("status", "drain"):
+                for name in ("status", "drain") if self._control else ():
                     sub = await self._bus.subscribe(self.subjects.ctl(name), capacity=64)
                     subs.append(sub)
                     pumps.start_soon(self._pump, sub, self._on_control)
@@ -600,8 +654,9 @@ class Node:
 
 @asynccontextmanager
 async def open_node(
-    config: NodeConfig, agents: Sequence[type[Agent]] = (), *, bus: Transport | None = None
-) -> AsyncIterator[Node]:
+    config: NodeConfig, agents: Sequence[type[Agent]] = (), *, bus: Transport | None = None,
+    control: bool = True,
+) -> AsyncIterator[Node]:  # fmt: skip
     """Connect to NATS, serve ``agents``, and drain them when the block exits.
 
     Raises:
@@ -609,21 +664,21 @@ async def open_node(
         AgentDefinitionError: two agent classes share a type name.
     """
     if bus is not None:
-        async with _serving(config, agents, bus) as node:
+        async with _serving(config, agents, bus, control) as node:
             yield node
         return
     async with open_bus(
         config.servers, name=f"agentrt:{config.cluster}:{config.name}", user=config.user,
         password=config.password,
-    ) as nats_bus, _serving(config, agents, nats_bus) as node:  # fmt: skip
+    ) as nats_bus, _serving(config, agents, nats_bus, control) as node:  # fmt: skip
         yield node
 
 
 @asynccontextmanager
 async def _serving(
-    config: NodeConfig, agents: Sequence[type[Agent]], bus: Transport
+    config: NodeConfig, agents: Sequence[type[Agent]], bus: Transport, control: bool
 ) -> AsyncIterator[Node]:
-    node = Node(config, agents, bus)
+    node = Node(config, agents, bus, control=control)
     async with trio.open_nursery() as nursery:
         await nursery.start(node.serve)
         try:
@@ -633,5 +688,8 @@ async def _serving(
 
 
 def open_client(config: NodeConfig) -> AbstractAsyncContextManager[Node]:
-    """A node with no agents: for programs and scripts that only send and publish."""
-    return open_node(config, ())
+    """A node with no agents: for programs and scripts that only send and publish.
+
+    Clients do not answer ``ctl.status``, so ``agentrt status`` lists only real nodes.
+    """
+    return open_node(config, (), control=False)

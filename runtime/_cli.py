@@ -1,0 +1,365 @@
+"""The ``agentrt`` command line: up, status, call, down, check.
+
+Every command turns an ``AgentrtError`` into one line on stderr and a non-zero exit code
+(2 for configuration errors, 1 otherwise); Ctrl-C ends with "interrupted" and code 130, never
+with a traceback or an exception group.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import sys
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import click
+import msgspec
+import trio
+from rich import box
+from rich.console import Console
+from rich.table import Table
+
+from ._cluster import (
+    READY_WAIT_S,
+    ClusterStatus,
+    Supervisor,
+    gather_node_statuses,
+    node_config_from_state,
+    read_state,
+)
+from ._config import ClusterConfig, load_config, resolve_callable
+from ._control import NodeStatus
+from ._envelope import ContentType, Kind
+from ._errors import AgentrtError, AgentUnavailable, BusError, ClusterNotRunning, ConfigError
+from ._ids import AgentId
+from ._node import Node, Subjects, open_client
+
+__all__ = ["main", "render_status"]
+
+console = Console()
+err_console = Console(stderr=True)
+
+
+def _config_option(f: Callable[..., Any]) -> Callable[..., Any]:
+    return click.option(
+        "-c", "--config", "config", default=None, metavar="PATH",
+        help="agentrt.toml or its directory (default: current directory).",
+    )(f)  # fmt: skip
+
+
+def _load(path: str | None) -> ClusterConfig:
+    try:
+        return load_config(path or ".")
+    except AgentrtError as exc:
+        _fail(exc)
+        raise  # unreachable: _fail exits
+
+
+def render_status(cluster: ClusterStatus | None, nodes: list[NodeStatus]) -> Table:
+    """One table: a row per (node, agent type) with the supervisor's and the node's counters."""
+    title = f"cluster {cluster.cluster}" if cluster else "cluster"
+    if cluster:
+        title += f" — NATS {'embedded ' if cluster.embedded else ''}{', '.join(cluster.servers)}"
+    table = Table(title=title, title_justify="left", box=box.SIMPLE_HEAD, pad_edge=False)
+    # Short headers keep the table inside 80 columns; `agentrt status --json` has full names.
+    columns = ("node", "pid", "state", "restarts", "up", "agent", "actors", "recv", "ok",
+               "failed", "a.rst", "ovl", "malf")  # fmt: skip
+    for col in columns:
+        table.add_column(col, justify="left" if col in ("node", "state", "agent") else "right")
+    procs = {p.name: p for p in cluster.processes} if cluster else {}
+    by_name = {n.node: n for n in nodes}
+    for name in sorted(set(procs) | set(by_name)):
+        proc, node = procs.get(name), by_name.get(name)
+        state = node.state if node else (proc.state if proc else "?")
+        if proc and node is None and proc.state == "running":
+            state = "starting"
+        restarts = str(proc.restarts) if proc else "-"
+        pid = str(node.pid if node else (proc.pid if proc and proc.pid else "-"))
+        uptime = f"{node.uptime_s:.0f}s" if node else "-"
+        agents = node.agents if node and node.agents else [None]
+        for i, a in enumerate(agents):
+            first = i == 0
+            row = [name if first else "", pid if first else "", state if first else "",
+                   restarts if first else "", uptime if first else ""]  # fmt: skip
+            if a is None:
+                row += ["-"] * 6
+            else:
+                row += [a.type, str(a.active), str(a.received), str(a.handled), str(a.failed),
+                        str(a.restarts)]  # fmt: skip
+            row += [str(a.overloaded) if a else "-", str(node.malformed) if node and first else ""]
+            table.add_row(*row)
+    return table
+
+
+def _run(fn: Callable[[], Awaitable[int]]) -> None:
+    try:
+        code = trio.run(fn)
+    except KeyboardInterrupt:
+        err_console.print("agentrt: interrupted")
+        sys.exit(130)
+    except BaseExceptionGroup as group:
+        # Ctrl-C under trio arrives wrapped in nursery groups: unwrap it.
+        interrupt, rest = group.split(KeyboardInterrupt)
+        if interrupt is not None and rest is None:
+            err_console.print("agentrt: interrupted")
+            sys.exit(130)
+        agentrt_errors, other = group.split(AgentrtError)
+        if agentrt_errors is not None and other is None:
+            _fail(_first_leaf(agentrt_errors))
+        raise
+    except AgentrtError as exc:
+        _fail(exc)
+    sys.exit(code)
+
+
+def _first_leaf(group: BaseException) -> BaseException:
+    while isinstance(group, BaseExceptionGroup):
+        group = group.exceptions[0]
+    return group
+
+
+def _fail(exc: BaseException) -> None:
+    err_console.print(f"agentrt: error: {exc}", highlight=False, markup=False, soft_wrap=True)
+    sys.exit(2 if isinstance(exc, ConfigError) else 1)
+
+
+@click.group()
+@click.version_option(package_name="agentrt")
+def main() -> None:
+    """agentrt: typed agents as actors over NATS."""
+
+
+@main.command()
+@click.argument("path", required=False)
+@_config_option
+@click.option("--demo", is_flag=True, help="Run the config's [demo] job, print the result, stop.")
+@click.option("--log-level", default="WARNING", show_default=True,
+              type=click.Choice(["DEBUG", "INFO", "WARNING", "ERROR"]),
+              help="Log level of the node processes (logs: .agentrt/logs/).")  # fmt: skip
+def up(path: str | None, config: str | None, demo: bool, log_level: str) -> None:
+    """Start the cluster described by PATH (agentrt.toml or its directory).
+
+    Starts an embedded nats-server (unless [nats] url is set), one process per node replica,
+    and supervises them. With --demo, runs the [demo] job and stops; otherwise shows a live
+    status view until Ctrl-C or `agentrt down`.
+    """
+    cfg = _load(config or path)
+    if demo and cfg.demo is None:
+        _fail(ConfigError(cfg.path, "$.demo", "--demo needs a [demo] table with job = 'module:fn'"))
+    sup = Supervisor(cfg, log_level=log_level)
+
+    async def body(s: Supervisor) -> None:
+        if demo:
+            await _demo(s, cfg)
+        else:
+            await _live(s)
+
+    async def run() -> int:
+        with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+            async with trio.open_nursery() as nursery:
+
+                async def on_signals() -> None:
+                    count = 0
+                    async for _ in signals:
+                        count += 1
+                        if count == 1:
+                            err_console.print(
+                                "agentrt: stopping the cluster (Ctrl-C again to force)"
+                            )
+                            sup.stop()
+                        else:
+                            raise KeyboardInterrupt
+
+                nursery.start_soon(on_signals)
+                await sup.run(body)
+                nursery.cancel_scope.cancel()
+        return sup_exit[0]
+
+    sup_exit = [0]
+
+    async def _demo(s: Supervisor, cfg: ClusterConfig) -> None:
+        assert cfg.demo is not None and s.client is not None
+        names = ", ".join(np.name for np in s.procs)
+        console.print(f"agentrt: cluster [bold]{cfg.cluster.name}[/] up, nodes: {names}")
+        with trio.move_on_after(READY_WAIT_S) as scope:
+            await s.wait_ready()
+        if scope.cancelled_caught:
+            late = [np.name for np in s.procs if not np.ready.is_set()]
+            err_console.print(
+                f"agentrt: error: node(s) {', '.join(late)} did not become ready within "
+                f"{READY_WAIT_S:.0f}s; see {s.log_dir}/<node>.log"
+            )
+            sup_exit[0] = 1
+            return
+        job = resolve_callable(cfg, cfg.demo.job, cfg.path, "$.demo.job")
+        try:
+            with trio.fail_after(cfg.demo.timeout_s):
+                result = await job(s.client)
+        except trio.TooSlowError:
+            err_console.print(f"agentrt: error: demo job did not finish in {cfg.demo.timeout_s}s")
+            sup_exit[0] = 1
+            return
+        except AgentrtError as exc:
+            err_console.print(f"agentrt: error: demo job failed: {exc}", markup=False)
+            sup_exit[0] = 1
+            return
+        console.print("[bold]result:[/]")
+        if isinstance(result, str):
+            console.print(result, markup=False, highlight=False)
+        else:
+            console.print_json(msgspec.json.encode(result).decode())
+        console.print(render_status(s.cluster_status(), await s.node_statuses()))
+
+    async def _live(s: Supervisor) -> None:
+        from rich.live import Live
+
+        console.print(
+            f"agentrt: cluster [bold]{cfg.cluster.name}[/] starting; "
+            "Ctrl-C or `agentrt down` stops it"
+        )
+        with Live(render_status(s.cluster_status(), []), console=console,
+                  refresh_per_second=4) as live:  # fmt: skip
+            while True:
+                live.update(render_status(s.cluster_status(), await s.node_statuses()))
+                await trio.sleep(1.0)
+
+    _run(run)
+
+
+async def _with_client(cfg: ClusterConfig, fn: Callable[[Node], Awaitable[int]]) -> int:
+    state = read_state(cfg)
+    try:
+        async with open_client(node_config_from_state(cfg, state, f"cli-{os.getpid()}")) as c:
+            return await fn(c)
+    except BusError as exc:
+        raise ClusterNotRunning(
+            f"cluster {cfg.cluster.name!r} does not answer at {', '.join(state.servers)} "
+            f"({exc}); if it was killed, run `agentrt down` to clean up, then `agentrt up`"
+        ) from exc
+
+
+@main.command()
+@click.argument("path", required=False)
+@_config_option
+@click.option("--json", "as_json", is_flag=True, help="Print the status as JSON.")
+def status(path: str | None, config: str | None, as_json: bool) -> None:
+    """Show nodes, actors and message/error counts of the running cluster."""
+    cfg = _load(config or path)
+
+    async def run() -> int:
+        async def q(client: Node) -> int:
+            subjects = Subjects(cfg.cluster.name)
+            cluster: ClusterStatus | None = None
+            try:
+                with trio.fail_after(5):
+                    env = await client.bus.request(subjects.ctl("cluster"), b"")
+                cluster = msgspec.msgpack.decode(env.data, type=ClusterStatus)
+            except (AgentUnavailable, trio.TooSlowError):
+                pass  # joined an external cluster: no supervisor, nodes answer for themselves
+            expected = len(cluster.processes) if cluster else None
+            nodes = await gather_node_statuses(client, subjects, expected)
+            if as_json:
+                out = {"cluster": cluster, "nodes": nodes}
+                print(json.dumps(msgspec.to_builtins(out), indent=2))
+            else:
+                console.print(render_status(cluster, nodes))
+            return 0
+
+        return await _with_client(cfg, q)
+
+    _run(run)
+
+
+@main.command()
+@click.argument("agent")
+@click.argument("message")
+@_config_option
+@click.option("--timeout", default=30.0, show_default=True, help="Seconds to wait for the reply.")
+def call(agent: str, message: str, config: str | None, timeout: float) -> None:
+    """Send MESSAGE (JSON with its "type" tag) to AGENT (type/key) and print the reply as JSON.
+
+    Example: agentrt call Greeter/alice '{"type": "quickstart.hello", "name": "Alice"}'
+    """
+    cfg = _load(config)
+    try:
+        to = AgentId.parse(agent)
+    except ValueError as exc:
+        _fail(AgentrtError(f"AGENT {agent!r}: {exc}"))
+    try:
+        payload = json.loads(message)
+    except json.JSONDecodeError as exc:
+        _fail(AgentrtError(f"MESSAGE is not JSON ({exc}); quote it, e.g. '{{\"type\": ...}}'"))
+    if not isinstance(payload, dict) or not isinstance(payload.get("type"), str):
+        _fail(AgentrtError(
+            'MESSAGE must be a JSON object with a "type" field naming the message tag, '
+            'e.g. {"type": "quickstart.hello", "name": "Alice"}'
+        ))  # fmt: skip
+
+    async def run() -> int:
+        async def q(client: Node) -> int:
+            deadline = trio.current_time() + timeout
+            env = client._envelope(
+                Kind.REQUEST, payload["type"], f"client:{client.name}", str(to),
+                message.encode(), deadline, ContentType.JSON,
+            )  # fmt: skip
+            reply = await client.request_envelope(client.agent_subject(to), env, deadline)
+            if not reply.type:
+                print("null")
+            elif reply.content_type is ContentType.JSON:
+                print(reply.payload.decode())
+            else:
+                print(json.dumps(msgspec.msgpack.decode(reply.payload), indent=2))
+            return 0
+
+        return await _with_client(cfg, q)
+
+    _run(run)
+
+
+@main.command()
+@click.argument("path", required=False)
+@_config_option
+def down(path: str | None, config: str | None) -> None:
+    """Stop the running cluster gracefully (nodes drain first)."""
+    cfg = _load(config or path)
+    timeout = cfg.cluster.drain_timeout_s + 30
+
+    async def run() -> int:
+        async def q(client: Node) -> int:
+            with trio.fail_after(timeout):
+                await client.bus.request(Subjects(cfg.cluster.name).ctl("down"), b"")
+            console.print(f"agentrt: cluster {cfg.cluster.name} stopped")
+            return 0
+
+        try:
+            return await _with_client(cfg, q)
+        except (ClusterNotRunning, AgentUnavailable) as exc:
+            if isinstance(exc, ClusterNotRunning) and exc.__cause__ is None:
+                raise
+            return _clean_stale(cfg)
+
+    _run(run)
+
+
+def _clean_stale(cfg: ClusterConfig) -> int:
+    from ._cluster import _alive, state_path
+
+    state = read_state(cfg)
+    for pid in (state.nats_pid,):
+        if pid and _alive(pid):
+            os.kill(pid, signal.SIGTERM)
+    state_path(cfg).unlink(missing_ok=True)
+    console.print(f"agentrt: no supervisor answered; removed the stale state of {cfg.cluster.name}")
+    return 0
+
+
+@main.command()
+@click.argument("path", required=False)
+@_config_option
+def check(path: str | None, config: str | None) -> None:
+    """Validate agentrt.toml (types, agent imports, files) without starting anything."""
+    cfg = _load(config or path)
+    nodes = ", ".join(f"{n.name} x{n.replicas}" for n in cfg.nodes)
+    console.print(f"{cfg.path}: OK — cluster {cfg.cluster.name}, nodes {nodes}")

@@ -1,0 +1,273 @@
+"""``agentrt.toml``: the one configuration file, checked completely before anything starts.
+
+Decoding is msgspec's (types, unknown keys, key paths); the checks msgspec cannot express
+(agent references import, names unique, files exist) follow, and every problem becomes a
+``ConfigError`` naming the file, the key path and what is expected.
+"""
+
+from __future__ import annotations
+
+import importlib
+import inspect
+import re
+import sys
+from pathlib import Path
+from typing import Any
+
+import msgspec
+
+from ._agent import Agent
+from ._errors import ConfigError
+from ._ids import AgentId
+
+__all__ = [
+    "ClusterConfig",
+    "ClusterSection",
+    "DemoSection",
+    "NatsSection",
+    "NodeSection",
+    "load_config",
+    "owned_partitions",
+    "partitions",
+    "resolve_agents",
+    "resolve_callable",
+]
+
+_NAME_RE = re.compile(r"[A-Za-z0-9_-]{1,64}\Z")
+_REF_RE = re.compile(r"[A-Za-z_][\w.]*:[A-Za-z_]\w*\Z")
+
+
+class ClusterSection(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """``[cluster]``: the cluster's name (namespaces every NATS subject) and node defaults."""
+
+    name: str
+    default_deadline_s: float = 30.0
+    drain_timeout_s: float = 10.0
+    idle_timeout_s: float = 600.0
+
+
+class NatsSection(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """``[nats]``: by default ``agentrt up`` starts a nats-server; ``url`` joins one instead."""
+
+    embedded: bool | None = None
+    url: str = ""
+    user: str = ""
+    password: str = ""
+
+
+class NodeSection(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """``[[nodes]]``: one node kind: its agents (``module:Class``), replicas and policy file."""
+
+    name: str
+    agents: list[str]
+    replicas: int = 1
+    policy: str = ""
+
+
+class DemoSection(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """``[demo]``: ``job = "module:function"``, an ``async def job(client) -> object``."""
+
+    job: str
+    timeout_s: float = 60.0
+
+
+class ClusterConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """The whole ``agentrt.toml``."""
+
+    cluster: ClusterSection
+    nodes: list[NodeSection]
+    nats: NatsSection = NatsSection()
+    demo: DemoSection | None = None
+    path: str = ""  # filled by load_config: where the file was read from
+
+    @property
+    def directory(self) -> Path:
+        return Path(self.path).parent
+
+
+def _key_path(msg: str) -> tuple[str, str]:
+    """Split msgspec's "problem - at `$.a.b`" into (key path, problem)."""
+    m = re.search(r" - at `([^`]*)`$", msg)
+    if m is None:
+        return "", msg
+    return m.group(1), msg[: m.start()]
+
+
+def load_config(path: str | Path) -> ClusterConfig:
+    """Read, decode and fully check an ``agentrt.toml`` (a directory means its agentrt.toml).
+
+    Agent modules are imported (with the config's directory on ``sys.path``) so a typo in a
+    class name fails here, not in a node process a minute later.
+
+    Raises:
+        ConfigError: the file is missing, not TOML, or breaks a rule; ``key`` says where.
+    """
+    p = Path(path)
+    if p.is_dir():
+        p = p / "agentrt.toml"
+    shown = str(p)
+    try:
+        raw = p.read_bytes()
+    except FileNotFoundError:
+        raise ConfigError(
+            shown, "", "file not found; pass the cluster's agentrt.toml (or its directory)"
+        ) from None
+    except OSError as exc:
+        raise ConfigError(shown, "", f"cannot read it: {exc.strerror}") from None
+    try:
+        cfg = msgspec.toml.decode(raw, type=ClusterConfig)
+    except msgspec.ValidationError as exc:
+        key, problem = _key_path(str(exc))
+        raise ConfigError(shown, key, problem) from None
+    except msgspec.DecodeError as exc:
+        raise ConfigError(shown, "", f"not valid TOML: {exc}") from None
+    cfg = msgspec.structs.replace(cfg, path=str(p.resolve()))
+    _check(cfg, shown)
+    return cfg
+
+
+def _check(cfg: ClusterConfig, shown: str) -> None:
+    if not _NAME_RE.match(cfg.cluster.name):
+        raise ConfigError(
+            shown, "$.cluster.name", f"{cfg.cluster.name!r} is not a valid cluster name: use "
+            "1-64 letters, digits, '_' or '-' (it becomes part of NATS subjects)",
+        )  # fmt: skip
+    for field in ("default_deadline_s", "drain_timeout_s", "idle_timeout_s"):
+        if getattr(cfg.cluster, field) <= 0:
+            raise ConfigError(shown, f"$.cluster.{field}", "must be a positive number of seconds")
+    nats = cfg.nats
+    if nats.url:
+        for i, url in enumerate(u.strip() for u in nats.url.split(",")):
+            if not re.match(r"(nats|tls|ws|wss)://[^\s/]+\Z", url):
+                raise ConfigError(
+                    shown, "$.nats.url", f"server {i + 1} ({url!r}) is not a NATS URL; "
+                    "expected e.g. nats://10.0.0.5:4222 (comma-separate several)",
+                )  # fmt: skip
+        if nats.embedded:
+            raise ConfigError(shown, "$.nats", "set either `embedded = true` or `url`, not both")
+    elif nats.embedded is False:
+        raise ConfigError(
+            shown, "$.nats.url", "`embedded = false` needs `url` (the NATS servers to join)"
+        )
+    if not cfg.nodes:
+        raise ConfigError(shown, "$.nodes", "no nodes: add at least one [[nodes]] table")
+    seen_nodes: dict[str, int] = {}
+    seen_types: dict[str, str] = {}
+    for i, node in enumerate(cfg.nodes):
+        where = f"$.nodes[{i}]"
+        if not _NAME_RE.match(node.name):
+            raise ConfigError(
+                shown, f"{where}.name",
+                f"{node.name!r} is not a valid node name: use 1-64 letters, digits, '_' or '-'",
+            )  # fmt: skip
+        if node.name in seen_nodes:
+            raise ConfigError(
+                shown, f"{where}.name",
+                f"node name {node.name!r} is already used by $.nodes[{seen_nodes[node.name]}]; "
+                "node names must be unique",
+            )  # fmt: skip
+        seen_nodes[node.name] = i
+        if not 1 <= node.replicas <= 64:
+            raise ConfigError(
+                shown, f"{where}.replicas", f"must be between 1 and 64, got {node.replicas}"
+            )
+        if node.policy and not (cfg.directory / node.policy).is_file():
+            raise ConfigError(
+                shown, f"{where}.policy",
+                f"policy file {node.policy!r} not found (relative to {cfg.directory})",
+            )  # fmt: skip
+        if not node.agents:
+            raise ConfigError(shown, f"{where}.agents", "list at least one agent (module:Class)")
+        for j, ref in enumerate(node.agents):
+            cls = _resolve_agent(cfg, ref, shown, f"{where}.agents[{j}]")
+            owner = f"{cls.__module__}.{cls.__qualname__}"
+            if seen_types.get(cls.agent_type, owner) != owner:
+                raise ConfigError(
+                    shown, f"{where}.agents[{j}]",
+                    f"agent type {cls.agent_type!r} is already provided by "
+                    f"{seen_types[cls.agent_type]}; give one class another agent_type",
+                )  # fmt: skip
+            seen_types[cls.agent_type] = owner
+    if cfg.demo is not None:
+        fn = resolve_callable(cfg, cfg.demo.job, shown, "$.demo.job")
+        if not inspect.iscoroutinefunction(fn):
+            raise ConfigError(
+                shown, "$.demo.job", f"{cfg.demo.job} must be an `async def job(client)`"
+            )
+
+
+def _import(cfg: ClusterConfig, ref: str, shown: str, key: str) -> Any:
+    if not _REF_RE.match(ref):
+        raise ConfigError(shown, key, f"{ref!r} is not a reference; expected 'module:Name'")
+    module_name, _, attr = ref.partition(":")
+    directory = str(cfg.directory)
+    if directory not in sys.path:
+        sys.path.insert(0, directory)
+    try:
+        module = importlib.import_module(module_name)
+    except ModuleNotFoundError as exc:
+        if exc.name and module_name.startswith(exc.name):
+            raise ConfigError(
+                shown, key, f"module {module_name!r} not found (looked in {directory} and "
+                "sys.path); check the spelling or install the package",
+            ) from None  # fmt: skip
+        raise ConfigError(shown, key, f"importing {module_name!r} failed: {exc}") from exc
+    except Exception as exc:
+        raise ConfigError(
+            shown, key, f"importing {module_name!r} failed: {type(exc).__name__}: {exc}"
+        ) from exc
+    try:
+        return getattr(module, attr)
+    except AttributeError:
+        raise ConfigError(
+            shown, key, f"module {module_name!r} has no {attr!r} (in {module.__file__})"
+        ) from None
+
+
+def _resolve_agent(cfg: ClusterConfig, ref: str, shown: str, key: str) -> type[Agent]:
+    obj = _import(cfg, ref, shown, key)
+    if not (isinstance(obj, type) and issubclass(obj, Agent)):
+        raise ConfigError(shown, key, f"{ref} is not an agentrt.Agent subclass")
+    AgentId(obj.agent_type)
+    return obj
+
+
+def resolve_agents(cfg: ClusterConfig, node_name: str) -> list[type[Agent]]:
+    """The agent classes of one ``[[nodes]]`` entry (the config must have passed the checks)."""
+    for i, node in enumerate(cfg.nodes):
+        if node.name == node_name:
+            return [
+                _resolve_agent(cfg, ref, cfg.path, f"$.nodes[{i}].agents[{j}]")
+                for j, ref in enumerate(node.agents)
+            ]
+    names = ", ".join(n.name for n in cfg.nodes)
+    raise ConfigError(cfg.path, "$.nodes", f"no node named {node_name!r} (nodes: {names})")
+
+
+def partitions(cfg: ClusterConfig) -> dict[str, int]:
+    """Agent type -> replicas serving it across the cluster (its number of key partitions)."""
+    counts: dict[str, int] = {}
+    for node in cfg.nodes:
+        for cls in resolve_agents(cfg, node.name):
+            counts[cls.agent_type] = counts.get(cls.agent_type, 0) + node.replicas
+    return counts
+
+
+def owned_partitions(cfg: ClusterConfig, node_name: str, replica: int) -> dict[str, int]:
+    """Agent type -> the partition served by replica ``replica`` of node ``node_name``."""
+    offsets: dict[str, int] = {}
+    for node in cfg.nodes:
+        types = [cls.agent_type for cls in resolve_agents(cfg, node.name)]
+        if node.name == node_name:
+            return {t: offsets.get(t, 0) + replica for t in types}
+        for t in types:
+            offsets[t] = offsets.get(t, 0) + node.replicas
+    raise ConfigError(cfg.path, "$.nodes", f"no node named {node_name!r}")
+
+
+def resolve_callable(cfg: ClusterConfig, ref: str, shown: str, key: str) -> Any:
+    """Import ``module:function`` relative to the config's directory."""
+    fn = _import(cfg, ref, shown, key)
+    if not callable(fn):
+        raise ConfigError(shown, key, f"{ref} is not callable")
+    return fn
