@@ -70,6 +70,10 @@ class InboundMsg:
 OverflowHandler = Callable[[InboundMsg], None]
 
 
+class _SubscriptionOwner(Protocol):
+    async def _unsubscribe(self, sub: Subscription) -> None: ...
+
+
 class Subscription:
     """Messages on one subject (optionally in a queue group), as a bounded async iterator.
 
@@ -78,7 +82,7 @@ class Subscription:
     """
 
     def __init__(
-        self, bus: NatsBus, sid: int, subject: str, queue: str, capacity: int,
+        self, bus: _SubscriptionOwner, sid: int, subject: str, queue: str, capacity: int,
         on_overflow: OverflowHandler | None,
     ) -> None:  # fmt: skip
         self.subject, self.queue, self._bus, self._sid = subject, queue, bus, sid

@@ -38,8 +38,9 @@ from ._node import Node, Subjects, open_client
 
 __all__ = ["main", "render_status"]
 
-console = Console()
-err_console = Console(stderr=True)
+# Piped output (logs, CI) is not squeezed into 80 columns.
+console = Console(width=None if sys.stdout.isatty() else 120)
+err_console = Console(stderr=True, width=None if sys.stderr.isatty() else 120)
 
 
 def _config_option(f: Callable[..., Any]) -> Callable[..., Any]:
@@ -62,7 +63,8 @@ def render_status(cluster: ClusterStatus | None, nodes: list[NodeStatus]) -> Tab
     title = f"cluster {cluster.cluster}" if cluster else "cluster"
     if cluster:
         title += f" — NATS {'embedded ' if cluster.embedded else ''}{', '.join(cluster.servers)}"
-    table = Table(title=title, title_justify="left", box=box.SIMPLE_HEAD, pad_edge=False)
+    table = Table(title=title, title_justify="left", box=box.SIMPLE_HEAD, pad_edge=False,
+                  padding=(0, 1))  # fmt: skip
     # Short headers keep the table inside 80 columns; `agentrt status --json` has full names.
     columns = ("node", "pid", "state", "restarts", "up", "agent", "actors", "recv", "ok",
                "failed", "a.rst", "ovl", "malf")  # fmt: skip

@@ -152,7 +152,17 @@ class Supervisor:
         self.nats: NatsServer | None = None
         self._stopping = trio.Event()
         self._down_replies: list[str] = []
+        self._changed = trio.Event()
         self.client: Node | None = None
+
+    def _notify(self) -> None:
+        self._changed.set()
+        self._changed = trio.Event()
+
+    async def wait_until(self, predicate: Callable[[Supervisor], bool]) -> None:
+        """Wait (without polling) until ``predicate(self)`` holds after some state change."""
+        while not predicate(self):
+            await self._changed.wait()
 
     def stop(self) -> None:
         self._stopping.set()
@@ -234,6 +244,7 @@ class Supervisor:
                     start_new_session=True,
                 )  # fmt: skip
             np.state = _ProcState.RUNNING
+            self._notify()
             try:
                 await np.proc.wait()
             finally:
@@ -242,10 +253,12 @@ class Supervisor:
                         await np.proc.stdin.aclose()
             np.last_exit = np.proc.returncode
             np.ready = trio.Event()
+            self._notify()
             if self.stopping:
                 break
             np.restarts += 1
             np.state = _ProcState.RESTARTING
+            self._notify()
             if trio.current_time() - started > _STABLE_AFTER_S:
                 backoff = 0.5
             print(
@@ -257,6 +270,7 @@ class Supervisor:
                 await self._stopping.wait()
             backoff = min(backoff * 2, _MAX_BACKOFF_S)
         np.state = _ProcState.STOPPED
+        self._notify()
 
     async def _terminate_all(self) -> None:
         timeout = self.cfg.cluster.drain_timeout_s + 5
@@ -309,6 +323,7 @@ class Supervisor:
                 for np in self.procs:
                     if np.name == name:
                         np.ready.set()
+                        self._notify()
 
         async def on_down() -> None:
             async for m in down_sub:
@@ -324,8 +339,7 @@ class Supervisor:
 
     async def wait_ready(self) -> None:
         """Wait until every node process has reported it is serving."""
-        for np in self.procs:
-            await np.ready.wait()
+        await self.wait_until(lambda s: all(np.ready.is_set() for np in s.procs))
 
     # ------------------------------------------------------------------ run
 
