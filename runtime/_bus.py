@@ -337,7 +337,7 @@ class NatsBus:
     # ---------------------------------------------------------------- asyncio side
 
     async def _a_main(self, servers: Sequence[str], options: dict[str, Any], ready: int) -> None:
-        import nats
+        import nats.aio.client
         import nats.errors
 
         self._loop = asyncio.get_running_loop()
@@ -349,38 +349,47 @@ class NatsBus:
 
         connected = False
         last_error: list[Exception] = []
+        nc = nats.aio.client.Client()
+        connect_timeout = options.pop("overall_timeout")
 
         async def on_error(exc: Exception) -> None:
             # Reconnects are nats-py's job; errors are reported on stderr once connected.
             # Anything fatal ends in on_closed, which breaks the bus.
             if connected:
                 print(f"agentrt: NATS error: {exc!r}", file=sys.stderr)
-            else:
-                last_error[:] = [exc]
+                return
+            if not last_error or "Authorization" not in str(last_error[0]):
+                last_error[:] = [exc]  # keep the most telling error: auth beats a reset
 
-        connect_timeout = options.pop("overall_timeout")
+        connecting = asyncio.ensure_future(
+            nc.connect(
+                servers=list(servers),
+                closed_cb=on_closed,
+                error_cb=on_error,
+                allow_reconnect=True,
+                **options,
+            )
+        )
+
         try:
-            # nats-py retries the first connect forever when reconnects are unlimited, so the
-            # whole first connect gets one bound here.
-            self._nc = await asyncio.wait_for(
-                nats.connect(
-                    servers=list(servers),
-                    closed_cb=on_closed,
-                    error_cb=on_error,
-                    allow_reconnect=True,
-                    **options,
-                ),
-                connect_timeout,
-            )
+            # The first connect tries each server a few times and then fails (nats-py would
+            # retry forever with unlimited reconnects, and cancelling it mid-handshake can be
+            # swallowed); only once connected are reconnects made unlimited.
+            await asyncio.wait_for(connecting, connect_timeout)
+            nc.options["max_reconnect_attempts"] = -1
             connected = True
-            self.max_payload = int(self._nc.max_payload)
-            await self._nc.subscribe(f"{self._inbox}.*", cb=self._on_reply)
-        except Exception as exc:
+            self._nc = nc
+            self.max_payload = int(nc.max_payload)
+            await nc.subscribe(f"{self._inbox}.*", cb=self._on_reply)
+        except (Exception, asyncio.CancelledError) as exc:
             cause = last_error[0] if last_error else exc
-            err = BusError(
-                f"cannot connect to NATS at {', '.join(servers)} within {connect_timeout}s "
-                f"({cause!r}); is the server running and are the credentials right?"
-            )
+            with contextlib.suppress(Exception):
+                await nc.close()
+            if "Authorization" in str(cause):
+                hint = "the server refused the credentials: check the NATS user and password"
+            else:
+                hint = "is the server running and are the credentials right?"
+            err = BusError(f"cannot connect to NATS at {', '.join(servers)} ({cause}); {hint}")
             err.__cause__ = cause
             self._push_in(("result", ready, outcome.Error(err)))
             return
@@ -502,8 +511,8 @@ async def open_bus(
     options: dict[str, Any] = {
         "name": name,
         "connect_timeout": min(connect_timeout, 2.0),
-        "overall_timeout": connect_timeout,
-        "max_reconnect_attempts": -1,
+        "overall_timeout": connect_timeout * 3,
+        "max_reconnect_attempts": 2,  # for the first connect; unlimited once connected
         "reconnect_time_wait": 0.5,
     }
     if user is not None:
@@ -514,21 +523,26 @@ async def open_bus(
         target=bus._run_thread, args=(servers, options, ready), name="agentrt-nats", daemon=True
     )
     thread.start()
+    connected = False
     try:
         with trio.CancelScope(shield=True):  # bounded by the connect timeout
             await trio.lowlevel.wait_task_rescheduled(lambda _: trio.lowlevel.Abort.FAILED)
+        connected = True
         yield bus
     finally:
         with trio.CancelScope(shield=True):
-            if bus._loop is not None and not bus._loop.is_closed() and bus._broken is None:
+            if connected and bus._broken is None:
                 try:
                     call_id = next(bus._req_ids)
                     bus._calls[call_id] = trio.lowlevel.current_task()
                     bus._push_out(("stop", call_id, bus._a_close, ()))
+
+                    def abort(_: Any) -> trio.lowlevel.Abort:
+                        bus._calls.pop(call_id, None)  # a late result must not wake us again
+                        return trio.lowlevel.Abort.SUCCEEDED
+
                     with trio.move_on_after(_CONTROL_TIMEOUT_S):
-                        await trio.lowlevel.wait_task_rescheduled(
-                            lambda _: trio.lowlevel.Abort.SUCCEEDED
-                        )
+                        await trio.lowlevel.wait_task_rescheduled(abort)
                 except BusError:
                     pass
             bus._break(BusError("the NATS connection is closed"))

@@ -76,6 +76,8 @@ class NatsServer:
         store_dir: JetStream storage and the server's config and log files.
         users: accepted users; empty means no authentication (tests only).
         cluster_name / routes: join other servers into one NATS cluster.
+        jetstream: enable JetStream (a clustered JetStream needs 3 servers for a quorum, so a
+            two-server cluster runs without it).
     """
 
     store_dir: Path
@@ -85,6 +87,7 @@ class NatsServer:
     cluster_name: str = ""
     cluster_port: int = 0
     routes: tuple[str, ...] = ()
+    jetstream: bool = True
     _proc: subprocess.Popen[bytes] | None = field(default=None, repr=False)
     _log_tail: deque[str] = field(default_factory=lambda: deque(maxlen=20), repr=False)
 
@@ -106,8 +109,9 @@ class NatsServer:
             "host: 127.0.0.1",
             f"port: {self.port}",
             "max_payload: 1048576",
-            f"jetstream {{ store_dir: {_quote(str(self.store_dir / 'jetstream'))} }}",
         ]
+        if self.jetstream:
+            lines.append(f"jetstream {{ store_dir: {_quote(str(self.store_dir / 'jetstream'))} }}")
         if self.users:
             entries = []
             for u in self.users:
@@ -167,7 +171,7 @@ class NatsServer:
 
     def _read_log(self, proc: subprocess.Popen[bytes], path: Path, ready: threading.Event) -> None:
         assert proc.stderr is not None
-        with path.open("ab") as log:
+        with path.open("ab") as log, proc.stderr:
             for raw in proc.stderr:
                 log.write(raw)
                 log.flush()

@@ -8,7 +8,6 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-
 from agentrt._natsserver import NatsServer
 
 _clusters = itertools.count(1)

@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
-import trio
-
 import agentrt
+import trio
 from agentrt import AgentId, RestartPolicy
 
 

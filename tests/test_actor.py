@@ -7,7 +7,6 @@ from collections.abc import Iterator
 import pytest
 import trio
 import trio.testing
-
 from agentrt import (
     AgentId,
     AgentUnavailable,
