@@ -12,7 +12,9 @@ from ._agent import Agent as Agent
 from ._agent import RestartPolicy as RestartPolicy
 from ._control import AgentStats as AgentStats
 from ._control import NodeStatus as NodeStatus
+from ._envelope import ContentType as ContentType
 from ._envelope import Envelope as Envelope
+from ._envelope import Kind as Kind
 from ._errors import AgentDefinitionError as AgentDefinitionError
 from ._errors import AgentrtError as AgentrtError
 from ._errors import AgentUnavailable as AgentUnavailable
@@ -50,10 +52,12 @@ __all__ = [
     "BusError",
     "ClusterNotRunning",
     "ConfigError",
+    "ContentType",
     "DeadlineExceeded",
     "DeliveryError",
     "Envelope",
     "HandlerFailed",
+    "Kind",
     "MalformedMessage",
     "Message",
     "NatsServerError",
@@ -82,4 +86,4 @@ def _fixup_module_metadata() -> None:
 
 
 _fixup_module_metadata()
-del _fixup_module_metadata
+del _fixup_module_metadata, annotations
