@@ -24,6 +24,7 @@ import asyncio
 import collections
 import contextlib
 import itertools
+import logging
 import os
 import sys
 import threading
@@ -47,6 +48,8 @@ __all__ = [
 
 # Python hands the GIL between threads every 5 ms by default; a bridge that crosses threads
 # twice per message would wait for that. 0.5 ms measured best (shared notes).
+log = logging.getLogger("agentrt.bus")
+
 _SWITCH_INTERVAL_S = 0.0005
 _CONTROL_TIMEOUT_S = 10.0
 _OUTBOUND_HIGH_WATER = 20_000
@@ -102,7 +105,7 @@ class Subscription:
                 try:
                     self._on_overflow(msg)
                 except Exception as exc:  # a raising callback would crash trio.run
-                    print(f"agentrt: overflow handler failed: {exc!r}", file=sys.stderr)
+                    log.error("overflow handler for %s failed: %r", self.subject, exc)
         except (trio.ClosedResourceError, trio.BrokenResourceError):
             pass
 
@@ -342,13 +345,15 @@ class NatsBus:
 
         self._loop = asyncio.get_running_loop()
         self._pump_event = asyncio.Event()
-
-        async def on_closed() -> None:
-            if not self._closing:
-                self._push_in(("broken", BusError(f"the NATS connection to {servers} closed")))
-
         connected = False
         last_error: list[Exception] = []
+
+        async def on_closed() -> None:
+            if connected and not self._closing:
+                self._push_in(
+                    ("broken", BusError(f"the NATS connection to {', '.join(servers)} closed"))
+                )
+
         nc = nats.aio.client.Client()
         connect_timeout = options.pop("overall_timeout")
 
@@ -356,7 +361,9 @@ class NatsBus:
             # Reconnects are nats-py's job; errors are reported on stderr once connected.
             # Anything fatal ends in on_closed, which breaks the bus.
             if connected:
-                print(f"agentrt: NATS error: {exc!r}", file=sys.stderr)
+                # Disconnects are routine (nats-py reconnects); a fatal loss ends in on_closed.
+                quiet = self._closing or isinstance(exc, (OSError, nats.errors.UnexpectedEOF))
+                log.log(logging.INFO if quiet else logging.WARNING, "NATS: %r", exc)
                 return
             if not last_error or "Authorization" not in str(last_error[0]):
                 last_error[:] = [exc]  # keep the most telling error: auth beats a reset
@@ -426,7 +433,7 @@ class NatsBus:
                     try:
                         await nc.publish(op[1], op[3], reply=op[2], headers=op[4])
                     except Exception as exc:
-                        print(f"agentrt: publish to {op[1]} failed: {exc!r}", file=sys.stderr)
+                        log.error("publish to %s failed: %r", op[1], exc)
                 elif op[0] == "call":
                     task = asyncio.ensure_future(self._a_call(op[1], op[2], op[3]))
                     self._a_tasks.add(task)

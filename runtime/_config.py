@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import importlib
 import inspect
+import math
 import re
 import sys
 from pathlib import Path
@@ -18,7 +19,6 @@ import msgspec
 
 from ._agent import Agent
 from ._errors import ConfigError
-from ._ids import AgentId
 
 __all__ = [
     "ClusterConfig",
@@ -133,7 +133,8 @@ def _check(cfg: ClusterConfig, shown: str) -> None:
             "1-64 letters, digits, '_' or '-' (it becomes part of NATS subjects)",
         )  # fmt: skip
     for field in ("default_deadline_s", "drain_timeout_s", "idle_timeout_s"):
-        if getattr(cfg.cluster, field) <= 0:
+        value = getattr(cfg.cluster, field)
+        if not (math.isfinite(value) and value > 0):
             raise ConfigError(shown, f"$.cluster.{field}", "must be a positive number of seconds")
     nats = cfg.nats
     if nats.url:
@@ -206,7 +207,7 @@ def _import(cfg: ClusterConfig, ref: str, shown: str, key: str) -> Any:
     try:
         module = importlib.import_module(module_name)
     except ModuleNotFoundError as exc:
-        if exc.name and module_name.startswith(exc.name):
+        if exc.name == module_name or (exc.name and module_name.startswith(exc.name + ".")):
             raise ConfigError(
                 shown, key, f"module {module_name!r} not found (looked in {directory} and "
                 "sys.path); check the spelling or install the package",
@@ -226,9 +227,8 @@ def _import(cfg: ClusterConfig, ref: str, shown: str, key: str) -> Any:
 
 def _resolve_agent(cfg: ClusterConfig, ref: str, shown: str, key: str) -> type[Agent]:
     obj = _import(cfg, ref, shown, key)
-    if not (isinstance(obj, type) and issubclass(obj, Agent)):
+    if not (isinstance(obj, type) and issubclass(obj, Agent)) or obj is Agent:
         raise ConfigError(shown, key, f"{ref} is not an agentrt.Agent subclass")
-    AgentId(obj.agent_type)
     return obj
 
 

@@ -13,6 +13,7 @@ import functools
 import logging
 import math
 import os
+import random
 import re
 import time
 import zlib
@@ -73,7 +74,7 @@ class NodeConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_field
         servers: NATS URLs to connect to.
         user / password: NATS credentials.
         default_deadline_s: deadline for requests made without one, so nothing waits forever.
-        idle_timeout_s: an actor idle this long is deactivated.
+        idle_timeout_s: an actor idle this long is deactivated (within a quarter more).
         drain_timeout_s: on shutdown, how long queued messages may take before actors are cancelled.
         inbound_capacity: bus messages buffered per subscription before senders get ``Overloaded``.
         partitions: agent type -> how many replicas serve it cluster-wide (default 1). A key
@@ -94,6 +95,10 @@ class NodeConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_field
     inbound_capacity: int = 4096
     partitions: dict[str, int] = msgspec.field(default_factory=dict)
     owned: dict[str, int] = msgspec.field(default_factory=dict)
+
+
+def _new_trace_id() -> str:
+    return f"{random.getrandbits(128):032x}"
 
 
 def partition_of(key: str, partitions: int) -> int:
@@ -330,7 +335,7 @@ class Node:
         return Envelope(
             id=new_id(), kind=kind, type=tag, sender=sender, recipient=recipient,
             payload=payload, deadline=wall_deadline,
-            trace_id=current_trace_id.get() or os.urandom(16).hex(), content_type=content_type,
+            trace_id=current_trace_id.get() or _new_trace_id(), content_type=content_type,
         )  # fmt: skip
 
     async def _send_local(
@@ -340,10 +345,10 @@ class Node:
         reply = _LocalReply(str(to))
         delivery = Delivery(
             msg, tag, sender=sender, deadline=deadline,
-            trace_id=current_trace_id.get() or os.urandom(16).hex(), responder=reply,
+            trace_id=current_trace_id.get() or _new_trace_id(), responder=reply,
         )  # fmt: skip
         started = trio.current_time()
-        with trio.move_on_at(deadline) as scope:
+        with trio.CancelScope(deadline=deadline) as scope:
             await host.deliver(to.key, delivery)
             result: msgspec.Struct | None = await reply.wait()
             return result
@@ -356,7 +361,7 @@ class Node:
         This is the raw path under ``send()``; the CLI uses it to send JSON payloads.
         """
         started = trio.current_time()
-        with trio.move_on_at(deadline) as scope:
+        with trio.CancelScope(deadline=deadline) as scope:
             try:
                 msg = await self._bus.request(subject, encode(env))
             except AgentUnavailable:
@@ -605,6 +610,7 @@ class Node:
                 for agent_type, cls in self._agent_classes.items():
                     partition = self.config.owned.get(agent_type, 0)
                     host = self._hosts[agent_type] = ActorHost(cls, self, actors, partition)
+                    actors.start_soon(host.reap_idle)  # cancelled with the actors
                     prefix = self.subjects.agent_prefix(agent_type, partition)
                     sub = await self._bus.subscribe(
                         prefix + ">", queue=f"agentrt.{agent_type}.p{partition}", capacity=cap,

@@ -219,7 +219,9 @@ async def test_idle_actor_is_deactivated_and_reactivated(
 ) -> None:
     async with open_node(cfg(idle_timeout_s=5.0), [Echo], bus=InMemoryTransport()) as node:
         assert (await node.send(ECHO, Ping(), expect=Pong)).count == 1
-        await trio.sleep(6)
+        await trio.sleep(4.9)
+        assert Echo.stops == 0  # not idle long enough yet
+        await trio.sleep(5 * 0.25 + 0.01)
         assert Echo.stops == 1
         assert node.status().agents[0].active == 0
         assert (await node.send(ECHO, Ping(), expect=Pong)).count == 1
