@@ -222,3 +222,29 @@ async def test_client_with_wrong_credentials_gets_a_clear_bus_error(tmp_path: Pa
         f"cannot connect to NATS at {server.url} (nats: 'Authorization Violation'); "
         "the server refused the credentials: check the NATS user and password"
     )
+
+
+@pytest.mark.slow
+async def test_up_joins_an_existing_nats_server_given_by_url(
+    tmp_path: Path, nats_server: NatsServer, cluster_name: str
+) -> None:
+    root = write_cluster(tmp_path, cluster_name)
+    with (root / "agentrt.toml").open("a") as f:
+        f.write(f'\n[nats]\nurl = "{nats_server.url}"\n')
+    cfg = load_config(root)
+    from proc_agents import Done, Relay
+
+    sup = Supervisor(cfg)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(sup.run, _forever)
+        with trio.fail_after(60):
+            await sup.wait_ready()
+            # A client of our own, on the shared server, reaches the cluster's nodes.
+            own = NodeConfig(cluster=cluster_name, name="outsider", servers=(nats_server.url,))
+            async with open_client(own) as client:
+                done = await client.send(AgentId("Front"), Relay(key="w", n=4), expect=Done)
+        status = sup.cluster_status()
+        sup.stop()
+    assert done.n == 4
+    assert (status.embedded, status.servers) == (False, [nats_server.url])
+    assert sup.nats is None  # nothing was started besides the node processes
