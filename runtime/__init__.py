@@ -23,6 +23,7 @@ from ._errors import ClusterNotRunning as ClusterNotRunning
 from ._errors import ConfigError as ConfigError
 from ._errors import DeadlineExceeded as DeadlineExceeded
 from ._errors import DeliveryError as DeliveryError
+from ._errors import GateError as GateError
 from ._errors import HandlerFailed as HandlerFailed
 from ._errors import MalformedMessage as MalformedMessage
 from ._errors import NatsServerError as NatsServerError
@@ -30,8 +31,10 @@ from ._errors import NoHandler as NoHandler
 from ._errors import Overloaded as Overloaded
 from ._errors import PayloadTooLarge as PayloadTooLarge
 from ._errors import RemoteError as RemoteError
+from ._errors import SchemaError as SchemaError
 from ._errors import UnexpectedReply as UnexpectedReply
 from ._errors import UnknownMessageType as UnknownMessageType
+from ._errors import Violation as Violation
 from ._ids import AgentId as AgentId
 from ._messages import Message as Message
 from ._messages import register_message as register_message
@@ -56,6 +59,7 @@ __all__ = [
     "DeadlineExceeded",
     "DeliveryError",
     "Envelope",
+    "GateError",
     "HandlerFailed",
     "Kind",
     "MalformedMessage",
@@ -69,8 +73,10 @@ __all__ = [
     "PayloadTooLarge",
     "RemoteError",
     "RestartPolicy",
+    "SchemaError",
     "UnexpectedReply",
     "UnknownMessageType",
+    "Violation",
     "open_client",
     "open_node",
     "register_message",

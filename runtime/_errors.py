@@ -3,6 +3,8 @@
 ```
 AgentrtError
 ├── ConfigError                  agentrt.toml is wrong: file, key path, what is expected
+├── SchemaError                  a tool's JSON Schema is refused at registration
+├── GateError                    a tool call or result failed the gate: every violation listed
 ├── AgentDefinitionError         an Agent class or message type is malformed (raised at import)
 ├── BusError                     the NATS connection failed or closed (cause chained)
 │   └── NatsServerError          the embedded nats-server could not start
@@ -27,6 +29,10 @@ caller always gets the most specific class.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
+import msgspec
+
 __all__ = [
     "AgentDefinitionError",
     "AgentUnavailable",
@@ -36,6 +42,7 @@ __all__ = [
     "ConfigError",
     "DeadlineExceeded",
     "DeliveryError",
+    "GateError",
     "HandlerFailed",
     "MalformedMessage",
     "NatsServerError",
@@ -43,8 +50,10 @@ __all__ = [
     "Overloaded",
     "PayloadTooLarge",
     "RemoteError",
+    "SchemaError",
     "UnexpectedReply",
     "UnknownMessageType",
+    "Violation",
 ]
 
 
@@ -65,6 +74,68 @@ class ConfigError(AgentrtError):
         self.path, self.key, self.problem = path, key, problem
         where = f"{path}: {key}" if key else path
         super().__init__(f"{where}: {problem}")
+
+
+class SchemaError(AgentrtError):
+    """A JSON Schema was refused when a tool was registered; nothing was registered.
+
+    Attributes:
+        tool: the tool whose schema it is.
+        pointer: JSON pointer into the schema where the problem is (``""`` = the root).
+        problem: what is wrong and how to fix it.
+    """
+
+    def __init__(self, tool: str, pointer: str, problem: str) -> None:
+        self.tool, self.pointer, self.problem = tool, pointer, problem
+        super().__init__(f"tool {tool!r}: schema at {pointer or '/'}: {problem}")
+
+
+class GateError(AgentrtError):
+    """A tool call (or its result) failed the gate; it was not executed (or not returned).
+
+    Attributes:
+        tool: the tool name.
+        stage: ``"parse"`` (no JSON could be recovered), ``"input"`` or ``"output"``.
+        violations: every violation found, each with JSON pointer, keyword, expected and got.
+    """
+
+    def __init__(self, tool: str, stage: str, violations: Sequence[Violation]) -> None:
+        self.tool, self.stage, self.violations = tool, stage, list(violations)
+        super().__init__(self.render_human())
+
+    def render_compact(self) -> str:
+        """Token-cheap, for feeding back to a model: one line per violation."""
+        lines = [f"{self.tool} {self.stage} invalid:"]
+        lines += [f"{v.pointer or '/'}: {v.keyword}: want {v.expected}, got {v.got}"
+                  for v in self.violations]  # fmt: skip
+        return "\n".join(lines)
+
+    def render_human(self) -> str:
+        """Readable, for logs and people: what failed, where, and what to send instead."""
+        n = len(self.violations)
+        head = f"tool {self.tool!r}: {self.stage} failed the schema gate ({n} violation"
+        head += "s)" if n != 1 else ")"
+        body = [
+            f"  at {v.pointer or '/'}: {v.keyword!r} expects {v.expected}; got {v.got}"
+            for v in self.violations
+        ]
+        return "\n".join([head, *body])
+
+
+class Violation(msgspec.Struct, frozen=True, kw_only=True):
+    """One schema violation.
+
+    Attributes:
+        pointer: JSON pointer into the instance (``/items/0/name``; ``""`` is the root).
+        keyword: the JSON Schema keyword that failed (``type``, ``required``, ``maximum`` ...).
+        expected: what the schema wants, short (``integer``, ``<= 10``, ``property 'q'``).
+        got: what came, short and truncated (``"5"``, ``missing``, ``12``).
+    """
+
+    pointer: str
+    keyword: str
+    expected: str
+    got: str
 
 
 class AgentDefinitionError(AgentrtError, TypeError):
