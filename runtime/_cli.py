@@ -29,14 +29,15 @@ from ._cluster import (
     node_config_from_state,
     read_state,
 )
-from ._config import ClusterConfig, load_config, resolve_callable
+from ._config import ClusterConfig, load_config, resolve_callable, resolve_tools, tool_registry
 from ._control import NodeStatus
 from ._envelope import ContentType, Kind
 from ._errors import AgentrtError, AgentUnavailable, BusError, ClusterNotRunning, ConfigError
+from ._gate import GateMetrics, Outcome
 from ._ids import AgentId
 from ._node import Node, Subjects, open_client
 
-__all__ = ["main", "render_status"]
+__all__ = ["main", "render_prometheus", "render_status"]
 
 # Piped output (logs, CI) is not squeezed into 80 columns.
 console = Console(width=None if sys.stdout.isatty() else 120)
@@ -92,6 +93,16 @@ def render_status(cluster: ClusterStatus | None, nodes: list[NodeStatus]) -> Tab
                         str(a.restarts)]  # fmt: skip
             row += [str(a.overloaded) if a else "-", str(node.malformed) if node and first else ""]
             table.add_row(*row)
+    gate: dict[tuple[str, str], int] = {}
+    for n in nodes:
+        for c in n.gate:
+            gate[(c.tool, c.outcome)] = gate.get((c.tool, c.outcome), 0) + c.count
+    if gate:
+        by_tool: dict[str, list[str]] = {}
+        for (tool_name, outcome), count in sorted(gate.items()):
+            by_tool.setdefault(tool_name, []).append(f"{outcome} {count}")
+        table.caption = "gate: " + "; ".join(f"{t}: {', '.join(v)}" for t, v in by_tool.items())
+        table.caption_justify = "left"
     return table
 
 
@@ -318,6 +329,100 @@ def call(agent: str, message: str, config: str | None, timeout: float) -> None:
         return await _with_client(cfg, q)
 
     _run(run)
+
+
+@main.group()
+def tools() -> None:
+    """The cluster's tools: list them, show a schema, call one through the gate."""
+
+
+@tools.command("list")
+@_config_option
+def tools_list(config: str | None) -> None:
+    """List every tool of the cluster (from agentrt.toml), with the node that runs it."""
+    cfg = _load(config)
+    table = Table(box=box.SIMPLE_HEAD, pad_edge=False)
+    for col in ("tool", "node", "pure", "description"):
+        table.add_column(col)
+    for node in cfg.nodes:
+        for t in resolve_tools(cfg, node.name):
+            table.add_row(t.name, node.name, "yes" if t.spec.pure else "", t.spec.description)
+    console.print(table)
+
+
+@tools.command("show")
+@click.argument("name")
+@_config_option
+def tools_show(name: str, config: str | None) -> None:
+    """Print a tool's full spec (input and output JSON Schemas, fallback) as JSON."""
+    cfg = _load(config)
+    t = tool_registry(cfg).get(name)
+    if t is None:
+        known = ", ".join(x.name for x in tool_registry(cfg)) or "none"
+        _fail(AgentrtError(f"no tool named {name!r} in {cfg.path} (tools: {known})"))
+        return
+    print(json.dumps(msgspec.to_builtins(t.spec), indent=2))
+
+
+@tools.command("call")
+@click.argument("name")
+@click.argument("arguments")
+@_config_option
+@click.option("--timeout", default=30.0, show_default=True, help="Seconds to wait for the result.")
+def tools_call(name: str, arguments: str, config: str | None, timeout: float) -> None:
+    """Call tool NAME with ARGUMENTS (JSON, or sloppy model output: it is repaired, then
+    validated) through the gate, and print the result as JSON."""
+    cfg = _load(config)
+
+    async def run() -> int:
+        async def q(client: Node) -> int:
+            with trio.fail_after(timeout):
+                result = await client.call_tool(name, arguments)
+            print(json.dumps(result, indent=2))
+            return 0
+
+        return await _with_client(cfg, q)
+
+    _run(run)
+
+
+@main.command()
+@click.argument("path", required=False)
+@_config_option
+def metrics(path: str | None, config: str | None) -> None:
+    """Print the cluster's counters in the Prometheus text format (summed over nodes)."""
+    cfg = _load(config or path)
+
+    async def run() -> int:
+        async def q(client: Node) -> int:
+            nodes = await gather_node_statuses(client, Subjects(cfg.cluster.name), None)
+            print(render_prometheus(nodes), end="")
+            return 0
+
+        return await _with_client(cfg, q)
+
+    _run(run)
+
+
+def render_prometheus(nodes: list[NodeStatus]) -> str:
+    """Gate counters summed over nodes, and per-node agent counters, as Prometheus text."""
+    gate = GateMetrics()
+    for n in nodes:
+        for c in n.gate:
+            gate.count(c.model, c.tool, Outcome(c.outcome), c.count)
+    lines = [gate.prometheus().rstrip("\n")]
+    lines += [
+        "# HELP agentrt_agent_messages_total Messages per node, agent type and result.",
+        "# TYPE agentrt_agent_messages_total counter",
+    ]
+    for n in nodes:
+        for a in n.agents:
+            for result in ("received", "handled", "failed", "overloaded", "deadline_exceeded"):
+                lines.append(
+                    f'agentrt_agent_messages_total{{node="{n.node}",agent="{a.type}",'
+                    f'result="{result}"}} {getattr(a, result)}'
+                )
+    return "\n".join(lines) + "\n"
 
 
 @main.command()

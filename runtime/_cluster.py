@@ -22,7 +22,7 @@ from pathlib import Path
 import msgspec
 import trio
 
-from ._config import ClusterConfig, partitions
+from ._config import ClusterConfig, partitions, tool_registry
 from ._control import NodeStatus
 from ._envelope import encode
 from ._errors import ClusterNotRunning
@@ -302,7 +302,10 @@ class Supervisor:
     async def node_statuses(self) -> list[NodeStatus]:
         assert self.client is not None
         expected = sum(1 for np in self.procs if np.state is _ProcState.RUNNING)
-        return await gather_node_statuses(self.client, self.subjects, expected)
+        nodes = await gather_node_statuses(self.client, self.subjects, expected)
+        # The supervisor's own client makes calls too (the demo job): its gate counts belong
+        # in the picture.
+        return [*nodes, self.client.status()]
 
     async def _serve_control(
         self, client: Node, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
@@ -363,7 +366,7 @@ class Supervisor:
             self._write_state(self.state)
             env = self._node_env(self.state)
             client_cfg = node_config_from_state(self.cfg, self.state, "supervisor")
-            async with open_client(client_cfg) as client:
+            async with open_client(client_cfg, registry=tool_registry(self.cfg)) as client:
                 self.client = client
                 async with trio.open_nursery() as nursery:
                     await nursery.start(self._serve_control, client)

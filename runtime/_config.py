@@ -19,6 +19,7 @@ import msgspec
 
 from ._agent import Agent
 from ._errors import ConfigError
+from ._tools import Tool, ToolRegistry
 
 __all__ = [
     "ClusterConfig",
@@ -31,6 +32,8 @@ __all__ = [
     "partitions",
     "resolve_agents",
     "resolve_callable",
+    "resolve_tools",
+    "tool_registry",
 ]
 
 _NAME_RE = re.compile(r"[A-Za-z0-9_-]{1,64}\Z")
@@ -56,10 +59,12 @@ class NatsSection(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fiel
 
 
 class NodeSection(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
-    """``[[nodes]]``: one node kind: its agents (``module:Class``), replicas and policy file."""
+    """``[[nodes]]``: one node kind: its agents (``module:Class``), the tools it runs
+    (``module:function`` decorated with ``@agentrt.tool``), replicas and policy file."""
 
     name: str
-    agents: list[str]
+    agents: list[str] = []
+    tools: list[str] = []
     replicas: int = 1
     policy: str = ""
 
@@ -154,6 +159,7 @@ def _check(cfg: ClusterConfig, shown: str) -> None:
         raise ConfigError(shown, "$.nodes", "no nodes: add at least one [[nodes]] table")
     seen_nodes: dict[str, int] = {}
     seen_types: dict[str, str] = {}
+    seen_tools: dict[str, str] = {}
     for i, node in enumerate(cfg.nodes):
         where = f"$.nodes[{i}]"
         if not _NAME_RE.match(node.name):
@@ -177,8 +183,20 @@ def _check(cfg: ClusterConfig, shown: str) -> None:
                 shown, f"{where}.policy",
                 f"policy file {node.policy!r} not found (relative to {cfg.directory})",
             )  # fmt: skip
-        if not node.agents:
-            raise ConfigError(shown, f"{where}.agents", "list at least one agent (module:Class)")
+        if not node.agents and not node.tools:
+            raise ConfigError(
+                shown, f"{where}.agents",
+                "list at least one agent (module:Class) or tool (module:function)",
+            )  # fmt: skip
+        for j, ref in enumerate(node.tools):
+            t = _resolve_tool(cfg, ref, shown, f"{where}.tools[{j}]")
+            if seen_tools.get(t.name, ref) != ref:
+                raise ConfigError(
+                    shown, f"{where}.tools[{j}]",
+                    f"tool name {t.name!r} is already provided by {seen_tools[t.name]}; "
+                    "give one of them another name (@agentrt.tool(name=...))",
+                )  # fmt: skip
+            seen_tools[t.name] = ref
         for j, ref in enumerate(node.agents):
             cls = _resolve_agent(cfg, ref, shown, f"{where}.agents[{j}]")
             owner = f"{cls.__module__}.{cls.__qualname__}"
@@ -230,6 +248,35 @@ def _resolve_agent(cfg: ClusterConfig, ref: str, shown: str, key: str) -> type[A
     if not (isinstance(obj, type) and issubclass(obj, Agent)) or obj is Agent:
         raise ConfigError(shown, key, f"{ref} is not an agentrt.Agent subclass")
     return obj
+
+
+def _resolve_tool(cfg: ClusterConfig, ref: str, shown: str, key: str) -> Tool:
+    obj = _import(cfg, ref, shown, key)
+    if not isinstance(obj, Tool) or obj.func is None:
+        raise ConfigError(
+            shown, key, f"{ref} is not a tool: decorate the function with @agentrt.tool"
+        )
+    return obj
+
+
+def resolve_tools(cfg: ClusterConfig, node_name: str) -> list[Tool]:
+    """The tools run by one ``[[nodes]]`` entry (the config must have passed the checks)."""
+    for i, node in enumerate(cfg.nodes):
+        if node.name == node_name:
+            return [
+                _resolve_tool(cfg, ref, cfg.path, f"$.nodes[{i}].tools[{j}]")
+                for j, ref in enumerate(node.tools)
+            ]
+    raise ConfigError(cfg.path, "$.nodes", f"no node named {node_name!r}")
+
+
+def tool_registry(cfg: ClusterConfig) -> ToolRegistry:
+    """Every tool of the cluster by name, so any node can gate a call before sending it."""
+    registry = ToolRegistry()
+    for node in cfg.nodes:
+        for t in resolve_tools(cfg, node.name):
+            registry.register_spec(t.spec)
+    return registry
 
 
 def resolve_agents(cfg: ClusterConfig, node_name: str) -> list[type[Agent]]:

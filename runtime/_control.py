@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import msgspec
 
+from ._gate import GateCount
+
 __all__ = ["AgentStats", "NodeStatus"]
 
 
@@ -48,6 +50,8 @@ class NodeStatus(msgspec.Struct, kw_only=True):
         agents: counters per agent type hosted.
         malformed: bus messages that could not be decoded (bad bytes, unknown type, bad payload).
         inbound_overflow: bus messages refused because an inbound queue was full.
+        gate: schema-gate counters per (model, tool, outcome) seen by this node.
+        tools: the tools this node runs.
     """
 
     node: str
@@ -57,3 +61,5 @@ class NodeStatus(msgspec.Struct, kw_only=True):
     agents: list[AgentStats]
     malformed: int = 0
     inbound_overflow: int = 0
+    gate: list[GateCount] = []
+    tools: list[str] = []

@@ -13,15 +13,17 @@ import os
 import msgspec
 
 from ._errors import (
+    AgentrtError,
     AgentUnavailable,
     DeadlineExceeded,
-    DeliveryError,
+    GateError,
     HandlerFailed,
     MalformedMessage,
     NoHandler,
     Overloaded,
     RemoteError,
     UnknownMessageType,
+    Violation,
 )
 
 __all__ = [
@@ -94,15 +96,18 @@ class ErrorCode(enum.StrEnum):
     DEADLINE = "deadline"
     OVERLOADED = "overloaded"
     UNAVAILABLE = "unavailable"
+    GATE_REJECTED = "gate_rejected"
 
 
 class ErrorInfo(msgspec.Struct, kw_only=True):
-    """Payload of an ``ERROR`` envelope."""
+    """Payload of an ``ERROR`` envelope (``stage``/``violations`` only for ``GATE_REJECTED``)."""
 
     code: ErrorCode
     message: str
     remote_type: str = ""
     agent_id: str = ""
+    stage: str = ""
+    violations: list[Violation] = []
 
 
 _encoder = msgspec.msgpack.Encoder()
@@ -153,8 +158,10 @@ def decode_error(env: Envelope) -> ErrorInfo:
 
 def error_from_info(
     info: ErrorInfo, recipient: str, *, deadline_s: float, elapsed_s: float
-) -> DeliveryError:
+) -> AgentrtError:
     """Build the most specific exception for a remote (or local) failure, on the caller's side."""
+    if info.code is ErrorCode.GATE_REJECTED:
+        return GateError(recipient, info.stage or "input", info.violations)
     if info.code is ErrorCode.DEADLINE:
         return DeadlineExceeded(recipient, deadline_s, elapsed_s)
     if info.code is ErrorCode.OVERLOADED:

@@ -46,14 +46,17 @@ from ._errors import (
     AgentUnavailable,
     DeadlineExceeded,
     DeliveryError,
+    GateError,
     MalformedMessage,
     Overloaded,
     PayloadTooLarge,
     UnexpectedReply,
     UnknownMessageType,
 )
+from ._gate import Gate, outcome_of
 from ._ids import AgentId
 from ._messages import lookup_message, message_tag
+from ._tools import Tool, ToolRegistry
 
 __all__ = ["Node", "NodeConfig", "Subjects", "open_client", "open_node", "partition_of"]
 
@@ -106,6 +109,13 @@ def partition_of(key: str, partitions: int) -> int:
     return zlib.crc32(key.encode()) % partitions if partitions > 1 else 0
 
 
+def _gate_info(err: GateError) -> ErrorInfo:
+    return ErrorInfo(
+        code=ErrorCode.GATE_REJECTED, message=str(err), remote_type="GateError",
+        agent_id=err.tool, stage=err.stage, violations=err.violations,
+    )  # fmt: skip
+
+
 class Subjects:
     """The NATS subjects of one cluster (``agentrt.<cluster>.*``)."""
 
@@ -129,6 +139,9 @@ class Subjects:
                 "in dot-separated parts"
             )
         return f"{self.root}.topic.{topic}"
+
+    def tool(self, name: str) -> str:
+        return f"{self.root}.tool.{name}"
 
     def ctl(self, name: str) -> str:
         return f"{self.root}.ctl.{name}"
@@ -210,13 +223,19 @@ class _BusReply:
     def err(self, info: ErrorInfo) -> None:
         self._publish(Kind.ERROR, "agentrt.error", encode(info))
 
-    def _publish(self, kind: Kind, tag: str, payload: bytes) -> None:
+    def ok_json(self, tag: str, payload: bytes) -> None:
+        self._publish(Kind.REPLY, tag, payload, ContentType.JSON)
+
+    def _publish(
+        self, kind: Kind, tag: str, payload: bytes,
+        content_type: ContentType = ContentType.MSGPACK,
+    ) -> None:  # fmt: skip
         env = self._env
         data = encode(
             Envelope(
                 id=new_id(), kind=kind, type=tag, sender=env.recipient, recipient=env.sender,
                 payload=payload, correlation_id=env.id, deadline=env.deadline,
-                trace_id=env.trace_id,
+                trace_id=env.trace_id, content_type=content_type,
             )
         )  # fmt: skip
         try:
@@ -242,9 +261,16 @@ class Node:
 
     def __init__(
         self, config: NodeConfig, agents: Sequence[type[Agent]], bus: Transport, *,
-        control: bool = True,
+        control: bool = True, tools: Sequence[Tool] = (), registry: ToolRegistry | None = None,
     ) -> None:  # fmt: skip
         self.config, self._bus, self._control = config, bus, control
+        self.registry = registry if registry is not None else ToolRegistry()
+        for t in tools:
+            if t.func is None:
+                raise AgentDefinitionError(f"tool {t.name!r} has no implementation to host")
+            self.registry.register(t)
+        self._tools = {t.name: t for t in tools}
+        self.gate = Gate(self.registry)
         self.name = config.name
         self.subjects = Subjects(config.cluster)
         types: dict[str, type[Agent]] = {}
@@ -420,6 +446,102 @@ class Node:
         self._bus.publish_nowait(self.subjects.topic(topic), encode(env))
         await trio.lowlevel.checkpoint()
 
+    async def call_tool(self, name: str, args: Any, *, sender: str = "") -> Any:
+        """Call a tool through the gate: repaired and validated here, validated again by the
+        node that runs it, its result validated against the output schema on both sides.
+
+        ``args`` may be a mapping or a model's raw text (fenced, sloppy JSON is repaired).
+
+        Raises:
+            GateError: the call (or the result) is invalid; an invalid call never runs.
+            DeliveryError: the tool's node failed, timed out or is not there.
+        """
+        checked = self.gate.check_call(name, args)
+        deadline = self._deadline()
+        local = self._tools.get(name)
+        if local is not None:
+            result = await self._run_tool(local, checked.args, deadline)
+        else:
+            env = self._envelope(
+                Kind.REQUEST, "agentrt.tool_call", sender or f"client:{self.name}", name,
+                msgspec.json.encode(checked.args), deadline, ContentType.JSON,
+            )  # fmt: skip
+            reply = await self.request_envelope(self.subjects.tool(name), env, deadline)
+            try:
+                result = msgspec.json.decode(reply.payload) if reply.payload else None
+            except msgspec.DecodeError as exc:
+                raise MalformedMessage(f"tool {name!r} returned invalid JSON: {exc}") from exc
+        self.gate.check_result(name, result)
+        self.gate.metrics.count(sender or "", name, outcome_of(checked.steps))
+        return result
+
+    async def _run_tool(self, t: Tool, args: dict[str, Any], deadline: float) -> Any:
+        assert t.func is not None
+        started = trio.current_time()
+        limit = min(deadline, started + t.spec.timeout_s)
+        with trio.CancelScope(deadline=limit) as scope:
+            return await t.func(args)
+        assert scope.cancelled_caught
+        raise DeadlineExceeded(f"tool {t.name}", limit - started, trio.current_time() - started)
+
+    def _on_tool_message(self, t: Tool, nursery: trio.Nursery, m: InboundMsg) -> None:
+        try:
+            env = decode_envelope(m.data)
+        except MalformedMessage as exc:
+            self._reject(m, ErrorCode.MALFORMED, str(exc), None)
+            return
+        try:
+            if env.content_type is ContentType.JSON:
+                args = msgspec.json.decode(env.payload)
+            else:
+                args = msgspec.msgpack.decode(env.payload)
+        except msgspec.DecodeError as exc:
+            self._reject(m, ErrorCode.MALFORMED, f"tool arguments do not decode: {exc}", env)
+            return
+        responder = _BusReply(self._bus, m.reply, env) if m.reply else None
+        try:
+            self.gate.check_received(t.name, args)
+        except GateError as err:
+            # Whoever sent it, and whatever its gate said: an invalid call never runs here.
+            self.gate.rejected(t.name, env.sender)
+            log.warning("refused call to %s from %s: %s", t.name, env.sender, err)
+            if responder is not None:
+                responder.err(_gate_info(err))
+            return
+        nursery.start_soon(self._serve_tool_call, t, args, env, responder)
+
+    async def _serve_tool_call(
+        self, t: Tool, args: dict[str, Any], env: Envelope, responder: _BusReply | None
+    ) -> None:
+        def fail(code: ErrorCode, message: str, remote_type: str = "") -> None:
+            if responder is not None:
+                responder.err(
+                    ErrorInfo(code=code, message=message, remote_type=remote_type, agent_id=t.name)
+                )
+
+        try:
+            result = await self._run_tool(t, args, self._trio_deadline(env))
+        except DeadlineExceeded:
+            fail(ErrorCode.DEADLINE, f"tool {t.name} ran past its deadline")
+            return
+        except Exception as exc:
+            log.exception("tool %s failed on call %s from %s", t.name, env.id, env.sender)
+            fail(ErrorCode.HANDLER_FAILED, str(exc) or repr(exc), type(exc).__qualname__)
+            return
+        try:
+            self.gate.check_result(t.name, result)
+            payload = msgspec.json.encode(result)
+        except GateError as err:
+            self.gate.rejected(t.name, env.sender)
+            if responder is not None:
+                responder.err(_gate_info(err))
+            return
+        except (TypeError, msgspec.EncodeError) as exc:
+            fail(ErrorCode.HANDLER_FAILED, f"result is not JSON-encodable: {exc}", "TypeError")
+            return
+        if responder is not None:
+            responder.ok_json("agentrt.tool_result", payload)
+
     # ------------------------------------------------------------------ receiving
 
     def _reject(self, m: InboundMsg, code: ErrorCode, problem: str, env: Envelope | None) -> None:
@@ -553,6 +675,8 @@ class Node:
             agents=[msgspec.structs.replace(h.stats) for h in self._hosts.values()],
             malformed=self.malformed,
             inbound_overflow=self.inbound_overflow,
+            gate=self.gate.metrics.snapshot(),
+            tools=sorted(self._tools),
         )
 
     def _on_control(self, m: InboundMsg) -> None:
@@ -630,6 +754,15 @@ class Node:
                         pumps.start_soon(
                             self._pump, sub, functools.partial(self._on_topic_message, host)
                         )
+                for tname, t in self._tools.items():
+                    sub = await self._bus.subscribe(
+                        self.subjects.tool(tname), queue=f"agentrt.tool.{tname}", capacity=cap,
+                        on_overflow=overflow,
+                    )  # fmt: skip
+                    subs.append(sub)
+                    pumps.start_soon(
+                        self._pump, sub, functools.partial(self._on_tool_message, t, actors)
+                    )
                 for name in ("status", "drain") if self._control else ():
                     sub = await self._bus.subscribe(self.subjects.ctl(name), capacity=64)
                     subs.append(sub)
@@ -661,7 +794,7 @@ class Node:
 @asynccontextmanager
 async def open_node(
     config: NodeConfig, agents: Sequence[type[Agent]] = (), *, bus: Transport | None = None,
-    control: bool = True,
+    control: bool = True, tools: Sequence[Tool] = (), registry: ToolRegistry | None = None,
 ) -> AsyncIterator[Node]:  # fmt: skip
     """Connect to NATS, serve ``agents``, and drain them when the block exits.
 
@@ -670,21 +803,25 @@ async def open_node(
         AgentDefinitionError: two agent classes share a type name.
     """
     if bus is not None:
-        async with _serving(config, agents, bus, control) as node:
+        async with _serving(config, agents, bus, control, tools, registry) as node:
             yield node
         return
-    async with open_bus(
-        config.servers, name=f"agentrt:{config.cluster}:{config.name}", user=config.user,
-        password=config.password,
-    ) as nats_bus, _serving(config, agents, nats_bus, control) as node:  # fmt: skip
+    async with (
+        open_bus(
+            config.servers, name=f"agentrt:{config.cluster}:{config.name}", user=config.user,
+            password=config.password,
+        ) as nats_bus,
+        _serving(config, agents, nats_bus, control, tools, registry) as node,
+    ):  # fmt: skip
         yield node
 
 
 @asynccontextmanager
 async def _serving(
-    config: NodeConfig, agents: Sequence[type[Agent]], bus: Transport, control: bool
-) -> AsyncIterator[Node]:
-    node = Node(config, agents, bus, control=control)
+    config: NodeConfig, agents: Sequence[type[Agent]], bus: Transport, control: bool,
+    tools: Sequence[Tool], registry: ToolRegistry | None,
+) -> AsyncIterator[Node]:  # fmt: skip
+    node = Node(config, agents, bus, control=control, tools=tools, registry=registry)
     async with trio.open_nursery() as nursery:
         await nursery.start(node.serve)
         try:
@@ -693,9 +830,11 @@ async def _serving(
             node.stop()
 
 
-def open_client(config: NodeConfig) -> AbstractAsyncContextManager[Node]:
+def open_client(
+    config: NodeConfig, *, registry: ToolRegistry | None = None
+) -> AbstractAsyncContextManager[Node]:
     """A node with no agents: for programs and scripts that only send and publish.
 
     Clients do not answer ``ctl.status``, so ``agentrt status`` lists only real nodes.
     """
-    return open_node(config, (), control=False)
+    return open_node(config, (), control=False, registry=registry)

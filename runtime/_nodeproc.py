@@ -14,7 +14,14 @@ import sys
 
 import trio
 
-from ._config import load_config, owned_partitions, partitions, resolve_agents
+from ._config import (
+    load_config,
+    owned_partitions,
+    partitions,
+    resolve_agents,
+    resolve_tools,
+    tool_registry,
+)
 from ._node import NodeConfig, Subjects, open_node
 
 
@@ -29,6 +36,7 @@ async def _watch_stdin(node_stop: trio.Event) -> None:
 async def main(config_path: str, section: str, replica: int, name: str) -> None:
     cfg = load_config(config_path)
     agents = resolve_agents(cfg, section)
+    tools = resolve_tools(cfg, section)
     user = os.environ.get("AGENTRT_NATS_USER") or None
     node_cfg = NodeConfig(
         cluster=cfg.cluster.name, name=name,
@@ -40,7 +48,10 @@ async def main(config_path: str, section: str, replica: int, name: str) -> None:
     )  # fmt: skip
     stop = trio.Event()
     with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
-        async with open_node(node_cfg, agents) as node, trio.open_nursery() as nursery:
+        async with (
+            open_node(node_cfg, agents, tools=tools, registry=tool_registry(cfg)) as node,
+            trio.open_nursery() as nursery,
+        ):
 
             async def on_signal() -> None:
                 async for _ in signals:

@@ -216,8 +216,14 @@ def test_up_demo_runs_the_job_and_stops_everything(quickstart: Path) -> None:
 
     # The job's result, as JSON.
     start = r.stdout.index("{", r.stdout.index("result:"))
-    report, _ = json.JSONDecoder().raw_decode(r.stdout, start)
+    result, _ = json.JSONDecoder().raw_decode(r.stdout, start)
+    report = result["report"]
     assert report["type"] == "quickstart.report"
+    assert report["initials"] == "A.G.L.A"  # the tool, called by the coordinator
+    # The sloppy call (fence, single quotes, scalar for a list) was repaired, then ran.
+    assert result["sloppy_tool_call"].startswith("Sure! ```json")
+    assert result["repaired_result"] == "L"
+    assert "gate: initials: repaired 1, valid 1" in r.stdout, context
     texts = [g["text"] for g in report["greetings"]]
     assert texts == ["Hello, Ada!", "Hello, Grace!", "Hello, Linus!", "Hello, Ada! (again, x2)"]
     assert report["total_greeted"] == 4

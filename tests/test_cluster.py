@@ -106,7 +106,7 @@ async def test_request_reply_across_two_node_processes(tmp_path: Path, cluster_n
     assert (first.n, second.n, first.count, second.count) == (1, 2, 1, 2)
     assert first.pid == second.pid != os.getpid()
     assert other.count == 1
-    assert [s.node for s in statuses] == ["front", "work-0", "work-1"]
+    assert [s.node for s in statuses] == ["front", "work-0", "work-1", "supervisor"]
     assert all(code == 0 for code in pids.values())  # every node drained and exited cleanly
     assert not (tmp_path / ".agentrt" / "state.json").exists()
 

@@ -178,8 +178,8 @@ def test_missing_nodes(tmp_path: Path) -> None:
 
 def test_missing_node_agents(tmp_path: Path) -> None:
     exc = config_error(tmp_path, '[cluster]\nname = "x"\n[[nodes]]\nname = "n1"\n')
-    assert exc.key == "$.nodes[0]"
-    assert exc.problem == "Object missing required field `agents`"
+    assert exc.key == "$.nodes[0].agents"
+    assert exc.problem == "list at least one agent (module:Class) or tool (module:function)"
 
 
 def test_wrong_type_names_the_key_path(tmp_path: Path, mod: str) -> None:
@@ -273,7 +273,7 @@ def test_replicas_out_of_range(tmp_path: Path, mod: str, replicas: int) -> None:
 def test_empty_agents_list(tmp_path: Path, mod: str) -> None:
     exc = config_error(tmp_path, one_node(mod).replace(f'["{mod}:Pinger"]', "[]"))
     assert exc.key == "$.nodes[0].agents"
-    assert exc.problem == "list at least one agent (module:Class)"
+    assert exc.problem == "list at least one agent (module:Class) or tool (module:function)"
 
 
 def test_policy_file_missing(tmp_path: Path, mod: str) -> None:

@@ -25,6 +25,13 @@ class GreetAll(agentrt.Message, tag="quickstart.greet_all"):
 class Report(agentrt.Message, tag="quickstart.report"):
     greetings: list[Greeting]
     total_greeted: int  # across all calls to this coordinator: actor state survives calls
+    initials: str = ""  # from the `initials` tool, called through the schema gate
+
+
+@agentrt.tool(pure=True)
+def initials(names: list[str], separator: str = ".") -> str:
+    """Initials of the given names, e.g. ["Ada", "Grace"] -> "A.G"."""
+    return separator.join(n[:1].upper() for n in names if n)
 
 
 class Greeter(agentrt.Agent):
@@ -51,10 +58,17 @@ class Coordinator(agentrt.Agent):
             for name in msg.names
         ]
         self.total += len(greetings)
-        return Report(greetings=greetings, total_greeted=self.total)
+        # Tools are called by name through the gate: validated here and on the node running it.
+        letters = await self.call_tool("initials", {"names": msg.names})
+        return Report(greetings=greetings, total_greeted=self.total, initials=letters)
 
 
-async def demo(client: agentrt.Node) -> Report:
-    """The scripted job: one request to the coordinator, which fans out to the greeters."""
+async def demo(client: agentrt.Node) -> dict[str, object]:
+    """The scripted job: one request to the coordinator, which fans out to the greeters; then a
+    tool call written the way small models write them (fenced, single quotes, a scalar where a
+    list belongs), which the gate repairs before it is sent."""
     names = ["Ada", "Grace", "Linus", "Ada"]
-    return await client.send(AgentId("Coordinator"), GreetAll(names=names), expect=Report)
+    report = await client.send(AgentId("Coordinator"), GreetAll(names=names), expect=Report)
+    sloppy = "Sure! ```json\n{'names': 'Linus', 'separator': '-',}\n```"
+    repaired = await client.call_tool("initials", sloppy)
+    return {"report": report, "sloppy_tool_call": sloppy, "repaired_result": repaired}

@@ -1,0 +1,234 @@
+"""The gate pipeline: typed tools, sender/receiver checks, the fallback ladder, metrics."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+import trio
+from agentrt import GateError, NodeConfig, open_client, open_node
+from agentrt._bus import open_bus
+from agentrt._envelope import (
+    ContentType,
+    Envelope,
+    ErrorCode,
+    Kind,
+    decode_envelope,
+    decode_error,
+    encode,
+)
+from agentrt._gate import Gate, Outcome
+from agentrt._tools import Fallback, ToolRegistry, ToolSpec, make_tool, tool
+
+CALLS: list[dict[str, Any]] = []
+
+
+@tool(pure=True)
+def add(a: int, b: int = 0) -> int:
+    """Add two integers.
+
+    More text that the model does not need."""
+    CALLS.append({"a": a, "b": b})
+    return a + b
+
+
+@tool(name="math.broken")
+def broken(x: int) -> int:
+    """Claims to return an integer, returns a string."""
+    return "not an int"  # type: ignore[return-value]
+
+
+@pytest.fixture(autouse=True)
+def _reset_calls() -> None:
+    CALLS.clear()
+
+
+def test_tool_schema_comes_from_the_signature() -> None:
+    assert add.spec.name == "add"
+    assert add.spec.description == "Add two integers."
+    assert add.spec.input_schema == {
+        "title": "add_args",
+        "type": "object",
+        "properties": {"a": {"type": "integer"}, "b": {"type": "integer", "default": 0}},
+        "required": ["a"],
+        "additionalProperties": False,
+    }
+    assert add.spec.output_schema == {"type": "integer"}
+    assert add.spec.pure
+
+
+class Script:
+    """A model double that proposes scripted arguments and records the feedback it got."""
+
+    def __init__(self, model: str, outputs: list[Any]) -> None:
+        self.model, self.outputs, self.feedback = model, list(outputs), []  # type: ignore[var-annotated]
+
+    async def propose(self, feedback: str | None) -> Any:
+        self.feedback.append(feedback)
+        return self.outputs.pop(0)
+
+
+def gate_with(*tools: Any) -> Gate:
+    registry = ToolRegistry()
+    for t in tools:
+        registry.register(t)
+    return Gate(registry)
+
+
+async def run(args: dict[str, Any]) -> Any:
+    assert add.func is not None
+    return await add.func(args)
+
+
+async def test_valid_call_is_counted_valid() -> None:
+    gate = gate_with(add)
+    result = await gate.call("add", Script("small", ['{"a": 2, "b": 3}']), run)
+    assert (result.value, result.outcome, result.attempts) == (5, Outcome.VALID, 1)
+    assert gate.metrics.get("small", "add", Outcome.VALID) == 1
+
+
+async def test_repaired_call_is_counted_repaired() -> None:
+    gate = gate_with(add)
+    result = await gate.call("add", Script("small", ["```json\n{'a': '2', 'b': 3,}\n```"]), run)
+    assert (result.value, result.outcome) == (5, Outcome.REPAIRED)
+    assert {s.rule for s in result.steps} >= {"extract_from_fence", "coerce_integer"}
+
+
+async def test_invalid_call_is_retried_with_the_error_fed_back() -> None:
+    gate = gate_with(add)
+    model = Script("small", ['{"b": 3}', '{"a": 1, "b": 3}'])
+    result = await gate.call("add", model, run)
+    assert (result.value, result.attempts) == (4, 2)
+    assert model.feedback[0] is None
+    assert model.feedback[1] is not None and "/a: required" in model.feedback[1]
+    assert gate.metrics.get("small", "add", Outcome.RETRIED) == 1
+    assert CALLS == [{"a": 1, "b": 3}]  # the invalid proposal never ran
+
+
+async def test_escalates_to_a_bigger_model_after_the_retries() -> None:
+    gate = gate_with(add)
+    small = Script("small", ['{"a": "x"}'] * 3)  # retries = 2: three tries, all invalid
+    large = Script("large", ['{"a": 7}'])
+    escalations: list[GateError] = []
+
+    async def escalate(err: GateError) -> Script:
+        escalations.append(err)
+        return large
+
+    result = await gate.call("add", small, run, escalate=escalate)
+    assert (result.value, result.model) == (7, "large")
+    assert escalations[0].violations[0].pointer == "/a"
+    assert large.feedback == [escalations[0].render_compact()]
+    counts = {(c.model, c.outcome): c.count for c in gate.metrics.snapshot()}
+    assert counts == {("small", "retried"): 2, ("small", "escalated"): 1, ("large", "valid"): 1}
+
+
+@pytest.mark.parametrize(("degrade", "expected"), [("default", {"fallback": True}), ("skip", None)])
+async def test_degrades_as_the_tool_declares(degrade: str, expected: Any) -> None:
+    t = make_tool(
+        ToolSpec(name="lookup", input_schema={"type": "object", "required": ["q"],
+                 "properties": {"q": {"type": "string"}}},
+                 fallback=Fallback(retries=0, degrade=degrade, default={"fallback": True})),  # type: ignore[arg-type]
+        None,
+    )  # fmt: skip
+    gate = gate_with(t)
+
+    async def never(_: dict[str, Any]) -> Any:
+        raise AssertionError("an invalid call must not execute")
+
+    result = await gate.call("lookup", Script("small", ["{}"]), never)
+    assert (result.value, result.outcome) == (expected, Outcome.DEGRADED)
+    assert gate.metrics.get("small", "lookup", Outcome.DEGRADED) == 1
+
+
+async def test_degrade_cached_returns_the_last_good_result() -> None:
+    t = make_tool(
+        ToolSpec(name="quote", input_schema={"type": "object", "required": ["s"],
+                 "properties": {"s": {"type": "string"}}},
+                 fallback=Fallback(retries=0, degrade="cached")),
+        None,
+    )  # fmt: skip
+    gate = gate_with(t)
+
+    async def execute(args: dict[str, Any]) -> Any:
+        return {"price": 42}
+
+    await gate.call("quote", Script("m", ['{"s": "ACME"}']), execute)
+    result = await gate.call("quote", Script("m", ["{}"]), execute)
+    assert (result.value, result.outcome) == ({"price": 42}, Outcome.DEGRADED)
+
+
+async def test_fail_is_a_typed_error_and_counted_rejected() -> None:
+    gate = gate_with(add)
+    with pytest.raises(GateError) as info:
+        await gate.call("add", Script("small", ["no json here"] * 3), run)
+    assert info.value.stage == "parse"
+    assert gate.metrics.get("small", "add", Outcome.REJECTED) == 1
+    assert CALLS == []
+
+
+async def test_output_schema_is_enforced() -> None:
+    gate = gate_with(broken)
+    assert broken.func is not None
+    with pytest.raises(GateError) as info:
+        await gate.call("math.broken", Script("m", ['{"x": 1}']), broken.func)
+    assert info.value.stage == "output"
+    assert info.value.violations[0].keyword == "type"
+
+
+def test_unknown_tool_lists_the_known_ones() -> None:
+    with pytest.raises(GateError) as info:
+        gate_with(add).check_call("sub", {"a": 1})
+    assert info.value.violations[0].expected == "a known tool (add)"
+
+
+def test_prometheus_text() -> None:
+    gate = gate_with(add)
+    gate.metrics.count("gemma3:270m", "add", Outcome.VALID)
+    gate.metrics.count("gemma3:270m", "add", Outcome.VALID)
+    gate.metrics.count('we"ird', "add", Outcome.REJECTED)
+    assert gate.metrics.prometheus() == (
+        "# HELP agentrt_gate_calls_total Tool calls through the schema gate, by outcome.\n"
+        "# TYPE agentrt_gate_calls_total counter\n"
+        'agentrt_gate_calls_total{model="gemma3:270m",tool="add",outcome="valid"} 2\n'
+        'agentrt_gate_calls_total{model="we\\"ird",tool="add",outcome="rejected"} 1\n'
+    )
+
+
+def registry_of(*tools: Any) -> ToolRegistry:
+    r = ToolRegistry()
+    for t in tools:
+        r.register_spec(t.spec)
+    return r
+
+
+async def test_tool_call_over_nats_is_gated_on_both_sides(nats_url: str, cluster_name: str) -> None:
+    cfg = NodeConfig(cluster=cluster_name, name="tools", servers=(nats_url,))
+    ccfg = NodeConfig(cluster=cluster_name, name="c", servers=(nats_url,))
+    async with (
+        open_node(cfg, tools=[add, broken]) as node,
+        open_client(ccfg, registry=registry_of(add, broken)) as client,
+        open_bus(nats_url) as raw,
+    ):
+        with trio.fail_after(10):
+            assert await client.call_tool("add", {"a": 2, "b": 3}) == 5
+            assert await client.call_tool("add", "```json\n{'a': '2', 'b': 3,}\n```") == 5
+            # Invalid at the sender: never sent, never run.
+            with pytest.raises(GateError) as info:
+                await client.call_tool("add", {"a": "two"})
+            assert info.value.violations[0].pointer == "/a"
+            # Invalid call published raw, bypassing the sender's gate: the node refuses it.
+            env = Envelope(id="x1", kind=Kind.REQUEST, type="agentrt.tool_call", sender="rogue",
+                           recipient="add", payload=b'{"a": "two", "extra": 1}',
+                           content_type=ContentType.JSON)  # fmt: skip
+            reply = await raw.request(node.subjects.tool("add"), encode(env))
+            err = decode_error(decode_envelope(reply.data))
+            assert err.code is ErrorCode.GATE_REJECTED
+            assert {v.pointer for v in err.violations} == {"/a", "/extra"}
+            # A tool breaking its output schema: the caller gets a GateError, stage output.
+            with pytest.raises(GateError) as out:
+                await client.call_tool("math.broken", {"x": 1})
+            assert out.value.stage == "output"
+    assert CALLS == [{"a": 2, "b": 3}, {"a": 2, "b": 3}]
+    counts = {(c.model, c.tool, c.outcome): c.count for c in node.status().gate}
+    assert counts[("rogue", "add", "rejected")] == 1
