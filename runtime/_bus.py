@@ -1,4 +1,9 @@
-"""The bus: nats-py on an asyncio loop in its own thread, seen from trio.
+"""The bus interface (``Transport``, ``Subscription``), and nats-py on an asyncio loop in its
+own thread, seen from trio (``open_thread_bus``).
+
+The default transport is the trio-native client (``_trionats.py``, faster: no thread
+crossings); this bridge remains for what that client does not speak (TLS, and later
+JetStream), and as the measured baseline in ``bench/bus.py``.
 
 nats-py is asyncio-only and agentrt is trio. Measured options (``docs/benchmarks.md`` and the
 shared notes): trio-asyncio is ~25x too slow in throughput, guest mode caps near 25% of raw, and
@@ -39,11 +44,12 @@ from ._errors import AgentUnavailable, BusError, PayloadTooLarge
 
 __all__ = [
     "InboundMsg",
+    "MessageHandler",
     "NatsBus",
     "OverflowHandler",
     "Subscription",
     "Transport",
-    "open_bus",
+    "open_thread_bus",
 ]
 
 # Python hands the GIL between threads every 5 ms by default; a bridge that crosses threads
@@ -71,6 +77,7 @@ class InboundMsg:
 
 
 OverflowHandler = Callable[[InboundMsg], None]
+MessageHandler = Callable[[InboundMsg], None]
 
 
 class _SubscriptionOwner(Protocol):
@@ -86,16 +93,24 @@ class Subscription:
 
     def __init__(
         self, bus: _SubscriptionOwner, sid: int, subject: str, queue: str, capacity: int,
-        on_overflow: OverflowHandler | None,
+        on_overflow: OverflowHandler | None, handler: MessageHandler | None = None,
     ) -> None:  # fmt: skip
         self.subject, self.queue, self._bus, self._sid = subject, queue, bus, sid
         self._send, self._recv = trio.open_memory_channel[InboundMsg](capacity)
         self._on_overflow = on_overflow
+        self._handler = handler
         self.delivered = 0
         self.overflowed = 0
 
     def _deliver(self, msg: InboundMsg) -> None:
-        # Runs inside a run_sync_soon batch: must never raise.
+        # Runs in the bus's reader (or a run_sync_soon batch): must never raise.
+        if self._handler is not None:
+            self.delivered += 1
+            try:
+                self._handler(msg)
+            except Exception:  # a bug in the handler must not take the connection down
+                log.exception("message handler for %s failed on %r", self.subject, msg)
+            return
         try:
             self._send.send_nowait(msg)
             self.delivered += 1
@@ -140,7 +155,7 @@ class Transport(Protocol):
 
     async def subscribe(
         self, subject: str, *, queue: str = "", capacity: int = 1024,
-        on_overflow: OverflowHandler | None = None,
+        on_overflow: OverflowHandler | None = None, handler: MessageHandler | None = None,
     ) -> Subscription: ...  # fmt: skip
 
     async def flush(self) -> None: ...
@@ -150,7 +165,7 @@ _Op = tuple[Any, ...]
 
 
 class NatsBus:
-    """A NATS connection owned by a trio program. Create it with ``open_bus()``."""
+    """A NATS connection owned by a trio program. Create it with ``open_thread_bus()``."""
 
     def __init__(self, trio_token: trio.lowlevel.TrioToken) -> None:
         self._token = trio_token
@@ -239,7 +254,7 @@ class NatsBus:
 
     async def subscribe(
         self, subject: str, *, queue: str = "", capacity: int = 1024,
-        on_overflow: OverflowHandler | None = None,
+        on_overflow: OverflowHandler | None = None, handler: MessageHandler | None = None,
     ) -> Subscription:  # fmt: skip
         """Subscribe; returns once the server has registered the interest.
 
@@ -249,9 +264,11 @@ class NatsBus:
             capacity: messages buffered before ``on_overflow`` is called instead.
             on_overflow: called (synchronously, must not raise) with each message that did not
                 fit; the default drops it and counts it in ``Subscription.overflowed``.
+            handler: if given, called synchronously with each message instead of queueing
+                it (no channel, no task hop); it must not block. Iteration then yields nothing.
         """
         sid = next(self._sids)
-        sub = Subscription(self, sid, subject, queue, capacity, on_overflow)
+        sub = Subscription(self, sid, subject, queue, capacity, on_overflow, handler)
         self._subs[sid] = sub
         try:
             await self._call(self._a_subscribe, sid, subject, queue)
@@ -496,7 +513,7 @@ class NatsBus:
 
 
 @asynccontextmanager
-async def open_bus(
+async def open_thread_bus(
     servers: str | Sequence[str],
     *,
     name: str = "agentrt",

@@ -49,7 +49,6 @@ class NodeStatus(msgspec.Struct, kw_only=True):
         state: ``serving`` or ``draining``.
         agents: counters per agent type hosted.
         malformed: bus messages that could not be decoded (bad bytes, unknown type, bad payload).
-        inbound_overflow: bus messages refused because an inbound queue was full.
         gate: schema-gate counters per (model, tool, outcome) seen by this node.
         tools: the tools this node runs.
     """
@@ -60,6 +59,5 @@ class NodeStatus(msgspec.Struct, kw_only=True):
     state: str
     agents: list[AgentStats]
     malformed: int = 0
-    inbound_overflow: int = 0
     gate: list[GateCount] = []
     tools: list[str] = []

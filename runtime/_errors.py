@@ -11,7 +11,7 @@ AgentrtError
 ├── DeliveryError                a message did not produce a reply
 │   ├── DeadlineExceeded         (also TimeoutError) no reply before the deadline
 │   ├── AgentUnavailable         nobody serves that agent type (no responders) or it is failing
-│   ├── Overloaded               the recipient's inbound queue was full; retry later
+│   ├── Overloaded               the recipient's mailbox was full; retry later
 │   ├── PayloadTooLarge          the encoded message exceeds the bus limit
 │   ├── UnexpectedReply          the reply's type is not the one the caller expected
 │   └── RemoteError              the recipient refused or failed the message
@@ -191,7 +191,7 @@ class AgentUnavailable(DeliveryError):
 
 
 class Overloaded(DeliveryError):
-    """The recipient's bounded inbound queue was full; the message was refused, not queued."""
+    """The recipient's bounded mailbox was full; the message was refused, not queued."""
 
 
 class PayloadTooLarge(DeliveryError):

@@ -27,7 +27,8 @@ import trio
 
 from ._actor import ActorHost, Delivery, current_trace_id
 from ._agent import Agent
-from ._bus import InboundMsg, Subscription, Transport, open_bus
+from ._bus import InboundMsg, Subscription, Transport
+from ._connect import open_bus
 from ._control import NodeStatus
 from ._envelope import (
     ContentType,
@@ -79,7 +80,6 @@ class NodeConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_field
         default_deadline_s: deadline for requests made without one, so nothing waits forever.
         idle_timeout_s: an actor idle this long is deactivated (within a quarter more).
         drain_timeout_s: on shutdown, how long queued messages may take before actors are cancelled.
-        inbound_capacity: bus messages buffered per subscription before senders get ``Overloaded``.
         partitions: agent type -> how many replicas serve it cluster-wide (default 1). A key
             always maps to partition ``crc32(key) % partitions``, so one key is one actor on
             one replica and its state stays consistent; every sender must agree on this map,
@@ -95,7 +95,6 @@ class NodeConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_field
     default_deadline_s: float = 30.0
     idle_timeout_s: float = 600.0
     drain_timeout_s: float = 10.0
-    inbound_capacity: int = 4096
     partitions: dict[str, int] = msgspec.field(default_factory=dict)
     owned: dict[str, int] = msgspec.field(default_factory=dict)
 
@@ -290,7 +289,6 @@ class Node:
         self._stop = trio.Event()
         self._started_at = 0.0
         self.malformed = 0
-        self.inbound_overflow = 0
 
     # ------------------------------------------------------------------ sending
 
@@ -645,26 +643,6 @@ class Node:
                             key, exc)  # fmt: skip
             delivery.fail(code, str(exc), agent=f"{host.type}/{key}")
 
-    def _on_overflow(self, m: InboundMsg) -> None:
-        self.inbound_overflow += 1
-        if m.reply:
-            self._bus.publish_nowait(
-                m.reply,
-                encode(
-                    Envelope(
-                        id=new_id(), kind=Kind.ERROR, type="agentrt.error", sender=self.name,
-                        recipient="",
-                        payload=encode(ErrorInfo(
-                            code=ErrorCode.OVERLOADED,
-                            message=f"node {self.name}'s inbound queue for {m.subject} is full "
-                            f"({self.config.inbound_capacity}); retry later or add replicas",
-                        )),
-                    )
-                ),
-            )  # fmt: skip
-        else:
-            log.warning("inbound queue full: dropped event on %s", m.subject)
-
     def status(self) -> NodeStatus:
         """A snapshot of this node's counters."""
         return NodeStatus(
@@ -674,7 +652,6 @@ class Node:
             state=self._state.value,
             agents=[msgspec.structs.replace(h.stats) for h in self._hosts.values()],
             malformed=self.malformed,
-            inbound_overflow=self.inbound_overflow,
             gate=self.gate.metrics.snapshot(),
             tools=sorted(self._tools),
         )
@@ -728,7 +705,6 @@ class Node:
     async def serve(self, *, task_status: trio.TaskStatus[Node] = trio.TASK_STATUS_IGNORED) -> None:
         """Subscribe, serve until ``stop()``, then drain. ``task_status.started`` = subscribed."""
         subs: list[Subscription] = []
-        cap, overflow = self.config.inbound_capacity, self._on_overflow
         async with trio.open_nursery() as actors:
             async with trio.open_nursery() as pumps:
                 for agent_type, cls in self._agent_classes.items():
@@ -736,33 +712,25 @@ class Node:
                     host = self._hosts[agent_type] = ActorHost(cls, self, actors, partition)
                     actors.start_soon(host.reap_idle)  # cancelled with the actors
                     prefix = self.subjects.agent_prefix(agent_type, partition)
+                    # Handlers run right in the bus's reader: decoding and the mailbox put
+                    # never block, and the mailbox is the bound (full -> Overloaded).
                     sub = await self._bus.subscribe(
-                        prefix + ">", queue=f"agentrt.{agent_type}.p{partition}", capacity=cap,
-                        on_overflow=overflow,
+                        prefix + ">", queue=f"agentrt.{agent_type}.p{partition}",
+                        handler=functools.partial(self._on_agent_message, host, len(prefix)),
                     )  # fmt: skip
                     subs.append(sub)
-                    pumps.start_soon(
-                        self._pump, sub,
-                        functools.partial(self._on_agent_message, host, len(prefix)),
-                    )  # fmt: skip
                     for topic in cls.topics:
                         sub = await self._bus.subscribe(
                             self.subjects.topic(topic), queue=f"agentrt.{agent_type}",
-                            capacity=cap, on_overflow=overflow,
+                            handler=functools.partial(self._on_topic_message, host),
                         )  # fmt: skip
                         subs.append(sub)
-                        pumps.start_soon(
-                            self._pump, sub, functools.partial(self._on_topic_message, host)
-                        )
                 for tname, t in self._tools.items():
                     sub = await self._bus.subscribe(
-                        self.subjects.tool(tname), queue=f"agentrt.tool.{tname}", capacity=cap,
-                        on_overflow=overflow,
+                        self.subjects.tool(tname), queue=f"agentrt.tool.{tname}",
+                        handler=functools.partial(self._on_tool_message, t, actors),
                     )  # fmt: skip
                     subs.append(sub)
-                    pumps.start_soon(
-                        self._pump, sub, functools.partial(self._on_tool_message, t, actors)
-                    )
                 for name in ("status", "drain") if self._control else ():
                     sub = await self._bus.subscribe(self.subjects.ctl(name), capacity=64)
                     subs.append(sub)

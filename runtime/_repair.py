@@ -65,7 +65,9 @@ disables coercion there. Not followed: remote ``$ref`` and ``$anchor`` names,
 branches; values under them are left to the validator.
 
 `repair` is pure (its inputs are never mutated; changed containers are copied) and raises nothing
-but `GateError` (stage ``"parse"``, when no JSON can be recovered from the text).
+but `GateError` (stage ``"parse"``, when no JSON can be recovered from the text). It reads the
+schema on every call; `Repairer` reads it once (``$ref`` resolved, types parsed) and is the one
+to keep per tool: on an already valid call, reading the schema costs more than walking the value.
 """
 
 from __future__ import annotations
@@ -74,9 +76,8 @@ import copy
 import itertools
 import math
 import re
-from collections.abc import Iterator, Mapping, Sequence
-from types import MappingProxyType
-from typing import Any, Final, TypeGuard
+from collections.abc import Iterator, Mapping
+from typing import Any, Final, TypeAlias, TypeGuard
 from urllib.parse import unquote
 
 import json_repair
@@ -84,7 +85,7 @@ import msgspec
 
 from ._errors import GateError, Violation
 
-__all__ = ["RULES", "RepairStep", "Repaired", "repair"]
+__all__ = ["RULES", "RepairStep", "Repaired", "Repairer", "repair"]
 
 RULES: Final = (
     "extract_from_fence",
@@ -133,6 +134,8 @@ def repair(
 ) -> Repaired:
     """Recover the JSON value of a tool call and coerce it towards ``schema``.
 
+    Reads ``schema`` on each call; keep a `Repairer` per tool to read it once.
+
     Args:
         raw: the call's arguments: model text (``str`` or UTF-8 ``bytes``), or a mapping when
             the provider already parsed them (then no text repair is attempted).
@@ -148,16 +151,33 @@ def repair(
             JSON value can be recovered from the text (empty, prose only, or nothing the schema
             could want).
     """
-    value, text_steps = _to_value(raw, schema, tool)
-    value, value_steps = _Walker(schema).walk(value, schema, "", 0)
-    return Repaired(value, (*text_steps, *value_steps))
+    return Repairer(schema).repair(raw, tool=tool)
+
+
+class Repairer:
+    """`repair` for one schema, read once: build one per tool and reuse it.
+
+    The schema must not change afterwards (copy it instead), as with a compiled validator.
+    """
+
+    __slots__ = ("_root",)
+
+    def __init__(self, schema: Mapping[str, Any]) -> None:
+        self._root = _Compiler(schema).node(schema, 0)
+
+    def repair(self, raw: str | bytes | Mapping[str, Any], *, tool: str) -> Repaired:
+        """Same as `repair` with this repairer's schema; see there."""
+        value, text_steps = _to_value(raw, self._root.types or _NO_TYPES, tool)
+        value, value_steps = _walk(value, self._root, "", 0)
+        return Repaired(value, (*text_steps, *value_steps))
 
 
 # ---------------------------------------------------------------------------------------------
-# Phase 1: text to value
+# Phase 1: text to value. `types` is what the root schema declares (it picks what to look for).
 
 
-_NOT_JSON: Final[Any] = object()  # "this text did not decode"; never a JSON value
+_NOT_JSON: Final[Any] = object()  # "this did not decode" / "no default"; never a JSON value
+_NO_TYPES: Final[frozenset[str]] = frozenset()
 _SNIPPET_CHARS: Final = 60
 _MAX_SPANS: Final = 16  # candidate spans tried in prose before settling for the first one
 
@@ -189,7 +209,7 @@ _SYNTAX_ORDER: Final = (_COMMENTS, _SINGLE_QUOTES, _UNQUOTED_KEYS, _PYTHON, _TRA
 
 
 def _to_value(
-    raw: str | bytes | Mapping[str, Any], schema: Mapping[str, Any], tool: str
+    raw: str | bytes | Mapping[str, Any], types: frozenset[str], tool: str
 ) -> tuple[Any, list[RepairStep]]:
     """Phase 1: the value the call holds, and the text steps that recovered it."""
     if isinstance(raw, Mapping):
@@ -198,13 +218,13 @@ def _to_value(
         value = _decode_strict(raw)
         if value is not _NOT_JSON:
             return value, []
-        return _parse_text(bytes(raw).decode("utf-8", errors="replace"), schema, tool)
+        return _parse_text(bytes(raw).decode("utf-8", errors="replace"), types, tool)
     if isinstance(raw, str):
-        return _parse_text(raw, schema, tool)
-    raise _parse_error(tool, schema, f"a {type(raw).__name__}, not text")
+        return _parse_text(raw, types, tool)
+    raise _parse_error(tool, types, f"a {type(raw).__name__}, not text")
 
 
-def _parse_text(text: str, schema: Mapping[str, Any], tool: str) -> tuple[Any, list[RepairStep]]:
+def _parse_text(text: str, types: frozenset[str], tool: str) -> tuple[Any, list[RepairStep]]:
     """Strict JSON, else extract from a fence and/or prose, else repair the syntax."""
     value = _decode_strict(text)
     if value is not _NOT_JSON:
@@ -212,7 +232,7 @@ def _parse_text(text: str, schema: Mapping[str, Any], tool: str) -> tuple[Any, l
     steps: list[RepairStep] = []
     candidate = text
     for extract in (_extract_from_fence, _extract_from_prose):
-        extracted = extract(candidate, schema)
+        extracted = extract(candidate, types)
         if extracted is None:
             continue
         candidate, step = extracted
@@ -221,8 +241,8 @@ def _parse_text(text: str, schema: Mapping[str, Any], tool: str) -> tuple[Any, l
         if value is not _NOT_JSON:
             return value, steps
     value, fixes = _fix_syntax(candidate)
-    if not _recovered(value, schema):
-        raise _parse_error(tool, schema, _snippet(text))
+    if not _recovered(value, types):
+        raise _parse_error(tool, types, _snippet(text))
     return value, steps + fixes
 
 
@@ -235,7 +255,7 @@ def _decode_strict(text: str | bytes | bytearray) -> Any:
         return _NOT_JSON
 
 
-def _extract_from_fence(text: str, schema: Mapping[str, Any]) -> tuple[str, RepairStep] | None:
+def _extract_from_fence(text: str, types: frozenset[str]) -> tuple[str, RepairStep] | None:
     """The body of the first ``json`` fence, else of the first fence holding a bracket."""
     fences = list(_FENCE.finditer(text))
     chosen = next((f for f in fences if f.group(1)), None)
@@ -246,9 +266,9 @@ def _extract_from_fence(text: str, schema: Mapping[str, Any]) -> tuple[str, Repa
     return chosen.group(2), _step("extract_from_fence", "", f"```{label} fence")
 
 
-def _extract_from_prose(text: str, schema: Mapping[str, Any]) -> tuple[str, RepairStep] | None:
+def _extract_from_prose(text: str, types: frozenset[str]) -> tuple[str, RepairStep] | None:
     """The JSON span inside surrounding prose; None if there is no span or no prose."""
-    span = _locate_json(text, schema)
+    span = _locate_json(text, types)
     if span is None:
         return None
     start, end = span
@@ -259,13 +279,13 @@ def _extract_from_prose(text: str, schema: Mapping[str, Any]) -> tuple[str, Repa
     return text[start:end], _step("extract_from_prose", "", detail)
 
 
-def _locate_json(text: str, schema: Mapping[str, Any]) -> tuple[int, int] | None:
+def _locate_json(text: str, types: frozenset[str]) -> tuple[int, int] | None:
     """Where the JSON is: the first balanced span that is strict JSON, else the first span.
 
     An object schema looks for ``{`` (``[`` only if there is none), an array schema the other
     way round, and a schema without either type takes whichever comes first.
     """
-    for openers in _opener_order(schema):
+    for openers in _opener_order(types):
         spans = _spans(text, openers)
         first = next(spans, None)
         if first is None:
@@ -277,8 +297,7 @@ def _locate_json(text: str, schema: Mapping[str, Any]) -> tuple[int, int] | None
     return None
 
 
-def _opener_order(schema: Mapping[str, Any]) -> tuple[str, ...]:
-    types = _declared_types(schema) or frozenset()
+def _opener_order(types: frozenset[str]) -> tuple[str, ...]:
     if "object" in types and "array" not in types:
         return ("{", "[")
     if "array" in types and "object" not in types:
@@ -357,7 +376,7 @@ def _syntax_problems(text: str) -> list[str]:
     return problems
 
 
-def _recovered(value: Any, schema: Mapping[str, Any]) -> bool:
+def _recovered(value: Any, types: frozenset[str]) -> bool:
     """Whether json-repair found something: a container, or a scalar the schema declares.
 
     json-repair answers ``""`` when it finds nothing, so ``""`` never counts.
@@ -366,16 +385,13 @@ def _recovered(value: Any, schema: Mapping[str, Any]) -> bool:
         return True
     if value is _NOT_JSON or value == "":
         return False
-    return _has_type(value, _declared_types(schema) or frozenset())
+    return _has_type(value, types)
 
 
-def _parse_error(tool: str, schema: Mapping[str, Any], got: str) -> GateError:
-    expected = (
-        "a JSON array" if _declared_types(schema) == frozenset({"array"}) else "a JSON object"
-    )
-    return GateError(
-        tool, "parse", [Violation(pointer="", keyword="json", expected=expected, got=got)]
-    )
+def _parse_error(tool: str, types: frozenset[str], got: str) -> GateError:
+    expected = "a JSON array" if types == {"array"} else "a JSON object"
+    violation = Violation(pointer="", keyword="json", expected=expected, got=got)
+    return GateError(tool, "parse", [violation])
 
 
 def _snippet(text: str) -> str:
@@ -389,199 +405,115 @@ def _snippet(text: str) -> str:
 
 
 # ---------------------------------------------------------------------------------------------
-# Phases 2 and 3: coercion and defaults, guided by the schema
+# The schema, read once: only what coercion and defaults use
 
 
-_MAX_DEPTH: Final = 64  # deeper values are left to the validator; keeps recursion bounded
+_MAX_DEPTH: Final = 64  # deeper values (and schemas) are left to the validator
 _MAX_REF_HOPS: Final = 32  # a $ref chain longer than this is a cycle
-_ANYTHING: Final[Mapping[str, Any]] = MappingProxyType({})  # the schema `true`
-
-_INTEGER: Final = re.compile(r"-?(?:0|[1-9]\d*)(?:\.0+)?")
-_NUMBER: Final = re.compile(r"-?(?:0|[1-9]\d*)(\.\d+)?([eE][+-]?\d+)?")
-_SCALARS: Final = (str, int, float, bool)
 
 
-class _Walker:
-    """Walks one value and one schema together; holds the root schema for ``$ref``."""
+class _Node:
+    """One (sub)schema with its ``$ref`` merged in, reduced to what the walk reads."""
+
+    __slots__ = (
+        "default",
+        "extra",
+        "items",
+        "prefix",
+        "properties",
+        "rejects_all",
+        "types",
+        "unions",
+    )
+
+    def __init__(self) -> None:
+        self.rejects_all = False  # the schema `false`
+        self.types: frozenset[str] | None = None  # None: no `type` keyword, anything goes
+        self.default: Any = _NOT_JSON
+        self.properties: dict[str, _Node] = {}
+        self.extra: _Node | None = None  # additionalProperties, when it is a schema object
+        self.prefix: list[_Node] = []
+        self.items: _Node | None = None
+        self.unions: list[list[_Node]] = []  # the branches of anyOf, of oneOf ("false" dropped)
+
+    def admits(self, value: Any) -> bool:
+        """Whether the declared type (if any) takes ``value``."""
+        if self.rejects_all:
+            return False
+        return self.types is None or _has_type(value, self.types)
+
+    def item(self, index: int) -> _Node | None:
+        """The schema of element ``index``: ``prefixItems[index]``, else ``items``."""
+        return self.prefix[index] if index < len(self.prefix) else self.items
+
+
+class _Compiler:
+    """Reads one schema into `_Node`s; each subschema once, so ``$ref`` cycles end."""
 
     def __init__(self, root: Mapping[str, Any]) -> None:
         self._root = root
-        self._resolved: dict[int, tuple[object, Mapping[str, Any] | None]] = {}
+        # keyed by id(); the schema object is kept so that its id cannot be reused meanwhile
+        self._nodes: dict[int, tuple[object, _Node]] = {}
 
-    def walk(
-        self, value: Any, schema: object, pointer: str, depth: int
-    ) -> tuple[Any, list[RepairStep]]:
-        """``value`` repaired towards ``schema`` (never mutated), and the steps taken."""
-        node = self._resolve(schema)
-        if node is None or depth > _MAX_DEPTH:
-            return value, []
-        value, steps = self._coerce(value, node, pointer, depth)
-        value, inner = self._descend(value, node, pointer, depth)
-        value, union = self._union(value, node, pointer, depth)
-        return value, steps + inner + union
-
-    # -- the value itself
-
-    def _coerce(
-        self, value: Any, node: Mapping[str, Any], pointer: str, depth: int
-    ) -> tuple[Any, list[RepairStep]]:
-        """Coerce ``value`` to a type ``node`` declares, unless it already has one."""
-        types = _declared_types(node)
-        if types is None or _has_type(value, types):
-            return value, []
-        if isinstance(value, str):
-            coerced = _coerce_string(value, types)
-            if coerced is not None:
-                rule, new = coerced
-                return new, [_step(rule, pointer, _change(rule, value, new))]
-        if "array" in types and isinstance(value, _SCALARS):
-            return self._wrap(value, node, pointer, depth)
-        return value, []
-
-    def _wrap(
-        self, value: Any, node: Mapping[str, Any], pointer: str, depth: int
-    ) -> tuple[Any, list[RepairStep]]:
-        """``[value]``, if the element (coerced in turn) is admitted by the item schema."""
-        item_schema = _item_schema(node, 0)
-        element, steps = self.walk(value, item_schema, f"{pointer}/0", depth + 1)
-        if item_schema is not None and not _admits(self._resolve(item_schema), element):
-            return value, []
-        wrapped = _step("wrap_in_array", pointer, f"{_show(value)} -> {_show([value])}")
-        return [element], [wrapped, *steps]
-
-    # -- what is inside it
-
-    def _descend(
-        self, value: Any, node: Mapping[str, Any], pointer: str, depth: int
-    ) -> tuple[Any, list[RepairStep]]:
-        if _is_mapping(value):
-            return self._walk_object(value, node, pointer, depth)
-        if isinstance(value, list):
-            return self._walk_array(value, node, pointer, depth)
-        return value, []
-
-    def _walk_object(
-        self, value: Mapping[Any, Any], node: Mapping[str, Any], pointer: str, depth: int
-    ) -> tuple[Any, list[RepairStep]]:
-        """Walk each property with its schema, then fill the defaults of missing ones."""
-        properties = _mapping(node.get("properties"))
-        extra = node.get("additionalProperties")
-        extra = extra if isinstance(extra, Mapping) else None  # `true`/`false`: nothing to coerce
-        changed: dict[Any, Any] = {}
-        steps: list[RepairStep] = []
-        for key, item in value.items():
-            sub = properties.get(key, extra) if isinstance(key, str) else None
-            if sub is None:
-                continue
-            new, sub_steps = self.walk(item, sub, f"{pointer}/{_escape(key)}", depth + 1)
-            if sub_steps:
-                changed[key] = new
-                steps += sub_steps
-        defaults, filled = self._defaults(value, properties, pointer)
-        if changed or defaults:
-            value = {**value, **changed, **defaults}
-        return value, steps + filled
-
-    def _defaults(
-        self, value: Mapping[Any, Any], properties: Mapping[str, Any], pointer: str
-    ) -> tuple[dict[str, Any], list[RepairStep]]:
-        """The missing properties that have a ``default``, in schema order, with their steps."""
-        defaults: dict[str, Any] = {}
-        steps: list[RepairStep] = []
-        for key, sub in properties.items():
-            default = _NOT_JSON if key in value else self._default(sub)
-            if default is not _NOT_JSON:
-                defaults[key] = default
-                detail = f"missing -> {_show(default)}"
-                steps.append(_step("fill_default", f"{pointer}/{_escape(key)}", detail))
-        return defaults, steps
-
-    def _default(self, schema: object) -> Any:
-        """A fresh copy of the schema's ``default``, or `_NOT_JSON` when it has none."""
-        node = self._resolve(schema)
-        if node is None or "default" not in node:
-            return _NOT_JSON
-        return copy.deepcopy(node["default"])
-
-    def _walk_array(
-        self, value: list[Any], node: Mapping[str, Any], pointer: str, depth: int
-    ) -> tuple[Any, list[RepairStep]]:
-        out: list[Any] | None = None
-        steps: list[RepairStep] = []
-        for i, item in enumerate(value):
-            sub = _item_schema(node, i)
-            if sub is None:
-                continue
-            new, sub_steps = self.walk(item, sub, f"{pointer}/{i}", depth + 1)
-            if sub_steps:
-                out = out if out is not None else list(value)
-                out[i] = new
-                steps += sub_steps
-        return (value if out is None else out), steps
-
-    # -- anyOf / oneOf
-
-    def _union(
-        self, value: Any, node: Mapping[str, Any], pointer: str, depth: int
-    ) -> tuple[Any, list[RepairStep]]:
-        steps: list[RepairStep] = []
-        if "anyOf" not in node and "oneOf" not in node:
-            return value, steps
-        for keyword in ("anyOf", "oneOf"):
-            branches = node.get(keyword)
-            if isinstance(branches, list) and branches:
-                value, picked = self._pick_branch(value, branches, pointer, depth)
-                steps += picked
-        return value, steps
-
-    def _pick_branch(
-        self, value: Any, branches: Sequence[object], pointer: str, depth: int
-    ) -> tuple[Any, list[RepairStep]]:
-        """Walk into the one branch that admits ``value``; else coerce if exactly one can."""
-        nodes = [n for n in map(self._resolve, branches) if n is not None]
-        admitting = [n for n in nodes if _admits(n, value)]
-        if len(admitting) == 1:
-            return self.walk(value, admitting[0], pointer, depth + 1)
-        if admitting:  # several branches take it as it is: nothing to choose
-            return value, []
-        candidates = [(n, *self.walk(value, n, pointer, depth + 1)) for n in nodes]
-        fits = [(new, steps) for n, new, steps in candidates if steps and _admits(n, new)]
-        return fits[0] if len(fits) == 1 else (value, [])
-
-    # -- $ref
-
-    def _resolve(self, schema: object) -> Mapping[str, Any] | None:
-        """The schema to apply, with ``$ref`` and a one-branch ``allOf`` merged in.
-
-        Keywords beside a ``$ref`` win over the target's (enough for coercion, which reads only
-        ``type``, ``properties``, ``items`` and ``default``). None means the schema ``false``.
-        Memoised for the walk, keyed by identity; the key is kept alive so its id stays unique.
-        """
-        cached = self._resolved.get(id(schema))
-        if cached is not None and cached[0] is schema:
-            return cached[1]
-        node = self._merge_refs(schema)
-        self._resolved[id(schema)] = (schema, node)
+    def node(self, schema: object, depth: int) -> _Node:
+        seen = self._nodes.get(id(schema))
+        if seen is not None and seen[0] is schema:
+            return seen[1]
+        node = _Node()
+        self._nodes[id(schema)] = (schema, node)
+        resolved = self._resolve(schema)
+        if resolved is None:
+            node.rejects_all = True
+        elif depth < _MAX_DEPTH:
+            self._read(node, resolved, depth + 1)
         return node
 
-    def _merge_refs(self, schema: object) -> Mapping[str, Any] | None:
+    def _read(self, node: _Node, schema: Mapping[str, Any], depth: int) -> None:
+        node.types = _declared_types(schema)
+        node.default = schema.get("default", _NOT_JSON)
+        properties = schema.get("properties")
+        if _is_mapping(properties):
+            node.properties = {
+                k: self.node(v, depth) for k, v in properties.items() if isinstance(k, str)
+            }
+        extra = schema.get("additionalProperties")
+        if _is_mapping(extra):  # `true` / `false` leave nothing to coerce
+            node.extra = self.node(extra, depth)
+        prefix = schema.get("prefixItems")
+        if isinstance(prefix, list):
+            node.prefix = [self.node(p, depth) for p in prefix]
+        items = schema.get("items")
+        if _is_mapping(items) or isinstance(items, bool):
+            node.items = self.node(items, depth)
+        for keyword in ("anyOf", "oneOf"):
+            branches = schema.get(keyword)
+            if isinstance(branches, list) and branches:
+                compiled = [self.node(b, depth) for b in branches]
+                node.unions.append([b for b in compiled if not b.rejects_all])
+
+    def _resolve(self, schema: object) -> Mapping[str, Any] | None:
+        """The schema with ``$ref`` and a one-branch ``allOf`` merged in; None for ``false``.
+
+        Keywords beside a ``$ref`` win over the target's: enough for coercion, which reads
+        only ``type``, ``properties``, ``items``, the unions and ``default``.
+        """
         if schema is False:
             return None
         if not _is_mapping(schema):
-            return _ANYTHING  # `true`, or something the validator will refuse
+            return {}  # `true`, or something the validator will refuse
         node: Mapping[str, Any] = schema
         for _ in range(_MAX_REF_HOPS):
             keyword, target = self._referenced(node)
             if not keyword:
                 break
-            siblings = {k: v for k, v in node.items() if k != keyword}
             if target is False:
                 return None
+            siblings = {k: v for k, v in node.items() if k != keyword}
             node = {**target, **siblings} if _is_mapping(target) else siblings
         return node
 
     def _referenced(self, node: Mapping[str, Any]) -> tuple[str, object]:
-        """(keyword, target) for a local ``$ref`` or a one-branch ``allOf``; ``("", None)``."""
+        """(keyword, target) for a local ``$ref`` or a one-branch ``allOf``; else ``("", None)``."""
         ref = node.get("$ref")
         if isinstance(ref, str):
             return "$ref", _lookup(self._root, ref)
@@ -603,7 +535,7 @@ def _lookup(root: Mapping[str, Any], ref: str) -> object:
     target: object = root
     for part in pointer[1:].split("/"):
         part = part.replace("~1", "/").replace("~0", "~")
-        if isinstance(target, Mapping) and part in target:
+        if _is_mapping(target) and part in target:
             target = target[part]
         elif isinstance(target, list) and part.isdigit() and int(part) < len(target):
             target = target[int(part)]
@@ -612,9 +544,131 @@ def _lookup(root: Mapping[str, Any], ref: str) -> object:
     return target
 
 
+# ---------------------------------------------------------------------------------------------
+# Phases 2 and 3: walk the value and the schema together; coerce, then fill defaults
+
+_INTEGER: Final = re.compile(r"-?(?:0|[1-9]\d*)(?:\.0+)?")
+_NUMBER: Final = re.compile(r"-?(?:0|[1-9]\d*)(\.\d+)?([eE][+-]?\d+)?")
+_SCALARS: Final = (str, int, float, bool)
+
+# a value (never the input, mutated) and the steps that made it
+_Walked: TypeAlias = tuple[Any, list[RepairStep]]
+
+
+def _walk(value: Any, node: _Node, pointer: str, depth: int) -> _Walked:
+    """``value`` repaired towards ``node``, and the steps that took."""
+    if node.rejects_all or depth > _MAX_DEPTH:
+        return value, []
+    steps: list[RepairStep] = []
+    if not node.admits(value):
+        value, steps = _coerce(value, node, pointer, depth)
+    if isinstance(value, list):
+        value, inner = _walk_array(value, node, pointer, depth)
+        steps = steps + inner
+    elif _is_mapping(value):
+        value, inner = _walk_object(value, node, pointer, depth)
+        steps = steps + inner
+    if node.unions:
+        value, picked = _unions(value, node, pointer, depth)
+        steps = steps + picked
+    return value, steps
+
+
+def _coerce(value: Any, node: _Node, pointer: str, depth: int) -> _Walked:
+    """Coerce ``value``, which ``node`` does not admit, to a type ``node`` declares."""
+    types = node.types or _NO_TYPES
+    if isinstance(value, str):
+        coerced = _coerce_string(value, types)
+        if coerced is not None:
+            rule, new = coerced
+            return new, [_step(rule, pointer, _change(rule, value, new))]
+    if "array" in types and isinstance(value, _SCALARS):
+        return _wrap(value, node, pointer, depth)
+    return value, []
+
+
+def _wrap(value: Any, node: _Node, pointer: str, depth: int) -> _Walked:
+    """``[value]``, if the element (coerced in turn) is admitted by the item schema."""
+    item = node.item(0)
+    element, steps = (value, []) if item is None else _walk(value, item, f"{pointer}/0", depth + 1)
+    if item is not None and not item.admits(element):
+        return value, []
+    wrapped = _step("wrap_in_array", pointer, f"{_show(value)} -> {_show([value])}")
+    return [element], [wrapped, *steps]
+
+
+def _walk_object(value: Mapping[Any, Any], node: _Node, pointer: str, depth: int) -> _Walked:
+    """Walk each property with its schema, then fill the defaults of missing ones."""
+    changed: dict[Any, Any] = {}
+    steps: list[RepairStep] = []
+    if node.properties or node.extra:
+        for key, item in value.items():
+            sub = node.properties.get(key, node.extra) if isinstance(key, str) else None
+            if sub is None:
+                continue
+            new, sub_steps = _walk(item, sub, f"{pointer}/{_escape(key)}", depth + 1)
+            if sub_steps:
+                changed[key] = new
+                steps += sub_steps
+    defaults, filled = _defaults(value, node, pointer)
+    if changed or defaults:
+        value = {**value, **changed, **defaults}
+    return value, steps + filled
+
+
+def _defaults(
+    value: Mapping[Any, Any], node: _Node, pointer: str
+) -> tuple[dict[str, Any], list[RepairStep]]:
+    """Copies of the defaults of missing properties, in schema order, with their steps."""
+    defaults: dict[str, Any] = {}
+    steps: list[RepairStep] = []
+    for key, sub in node.properties.items():
+        if sub.default is _NOT_JSON or key in value:
+            continue
+        defaults[key] = copy.deepcopy(sub.default)
+        detail = f"missing -> {_show(sub.default)}"
+        steps.append(_step("fill_default", f"{pointer}/{_escape(key)}", detail))
+    return defaults, steps
+
+
+def _walk_array(value: list[Any], node: _Node, pointer: str, depth: int) -> _Walked:
+    out: list[Any] | None = None
+    steps: list[RepairStep] = []
+    for i, item in enumerate(value):
+        sub = node.item(i)
+        if sub is None:
+            break  # past prefixItems with no items: nothing more to walk
+        new, sub_steps = _walk(item, sub, f"{pointer}/{i}", depth + 1)
+        if sub_steps:
+            out = out if out is not None else list(value)
+            out[i] = new
+            steps += sub_steps
+    return (value if out is None else out), steps
+
+
+def _unions(value: Any, node: _Node, pointer: str, depth: int) -> _Walked:
+    steps: list[RepairStep] = []
+    for branches in node.unions:
+        value, picked = _pick_branch(value, branches, pointer, depth)
+        steps += picked
+    return value, steps
+
+
+def _pick_branch(value: Any, branches: list[_Node], pointer: str, depth: int) -> _Walked:
+    """Walk into the one branch that admits ``value``; else coerce if exactly one can."""
+    admitting = [b for b in branches if b.admits(value)]
+    if len(admitting) == 1:
+        return _walk(value, admitting[0], pointer, depth + 1)
+    if admitting:  # several branches take it as it is: nothing to choose
+        return value, []
+    tried = [(b, *_walk(value, b, pointer, depth + 1)) for b in branches]
+    fits = [(new, steps) for b, new, steps in tried if steps and b.admits(new)]
+    return fits[0] if len(fits) == 1 else (value, [])
+
+
 def _coerce_string(text: str, types: frozenset[str]) -> tuple[str, Any] | None:
     """(rule, value) for the first coercion of ``text`` that gives a declared type."""
-    if types & {"object", "array"}:
+    if "object" in types or "array" in types:
         parsed = _embedded_json(text)
         if parsed is not _NOT_JSON and _has_type(parsed, types):
             return "parse_embedded_json", parsed
@@ -675,7 +729,23 @@ def _declared_types(schema: Mapping[str, Any]) -> frozenset[str] | None:
 
 
 def _has_type(value: Any, types: frozenset[str]) -> bool:
-    return any(_is_type(value, t) for t in types)
+    names = _JSON_TYPES.get(type(value))
+    if names is None:  # a subclass (IntEnum, OrderedDict ...) or another Mapping: the long way
+        return any(_is_type(value, t) for t in types)
+    if type(value) is float and "integer" in types and value.is_integer():
+        return True
+    return not types.isdisjoint(names)
+
+
+_JSON_TYPES: Final[Mapping[type, frozenset[str]]] = {
+    str: frozenset({"string"}),
+    bool: frozenset({"boolean"}),
+    int: frozenset({"integer", "number"}),
+    float: frozenset({"number"}),
+    type(None): frozenset({"null"}),
+    dict: frozenset({"object"}),
+    list: frozenset({"array"}),
+}
 
 
 def _is_type(value: Any, name: str) -> bool:
@@ -705,30 +775,10 @@ def _is_mapping(value: object) -> TypeGuard[Mapping[Any, Any]]:
     return type(value) is dict or isinstance(value, Mapping)
 
 
-def _admits(node: Mapping[str, Any] | None, value: Any) -> bool:
-    """Whether ``node``'s declared type (if any) takes ``value``; ``false`` takes nothing."""
-    if node is None:
-        return False
-    types = _declared_types(node)
-    return types is None or _has_type(value, types)
-
-
-def _item_schema(node: Mapping[str, Any], index: int) -> object | None:
-    """The schema for element ``index``: ``prefixItems[index]``, else ``items``, else None."""
-    prefix = node.get("prefixItems")
-    if isinstance(prefix, list) and index < len(prefix):
-        item: object = prefix[index]
-        return item
-    items: object = node.get("items")
-    return items if isinstance(items, Mapping | bool) else None
-
-
-def _mapping(value: object) -> Mapping[str, Any]:
-    return value if isinstance(value, Mapping) else _ANYTHING
-
-
 def _escape(key: str) -> str:
     """One RFC 6901 reference token."""
+    if "~" not in key and "/" not in key:
+        return key
     return key.replace("~", "~0").replace("/", "~1")
 
 

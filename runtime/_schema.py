@@ -24,16 +24,18 @@ Two halves, with different jobs:
     (``RegexOptions``), which matches in time linear in the input, so a model-supplied string
     cannot make a pattern backtrack catastrophically (the default ``fancy-regex`` engine can);
   * a schema nested deeper than ``MAX_SCHEMA_DEPTH`` (64) containers or larger than
-    ``MAX_SCHEMA_BYTES`` (256 KiB) of canonical JSON. Real tool schemas are a few levels deep and
-    a few KiB (the MCP reference servers: 3 levels, under 1 KiB); the limits keep a hostile or
-    generated schema from costing stack depth, memory and prompt tokens without bound.
+    ``MAX_SCHEMA_BYTES`` (256 KiB) of canonical JSON. Real tool schemas are a few levels deep
+    and a few KiB at most (the MCP reference servers' tools: 5 levels and 830 bytes at most);
+    the limits keep a hostile or generated schema from costing stack depth, memory and prompt
+    tokens without bound.
 
-- ``CompiledSchema.is_valid`` is the fast path (one call into Rust, ~0.2-1 us), and
+- ``CompiledSchema.is_valid`` is the fast path: one call into Rust, 0.2-0.4 us for the MCP
+  reference tools' schemas, ~1.5 us for an instance filling 15 properties. And
   ``CompiledSchema.violations`` lists every violation as a ``Violation`` (instance pointer,
   keyword, expected, got), phrased for a model to fix its call in one retry.
 
 Why jsonschema-rs: measured (``bench/gate.py``, ``docs/benchmarks.md``), it is correct on every
-2020-12 keyword our tests exercise and 50-300x faster than ``jsonschema``; ``fastjsonschema``
+2020-12 keyword our tests exercise and 55-130x faster than ``jsonschema``; ``fastjsonschema``
 silently ignores 2020-12 keywords (``prefixItems``, ``unevaluated*``, ``dependent*``), so it is
 unusable. This module is jsonschema-rs's only seam: no ``jsonschema_rs`` exception escapes it
 (compile-time errors become ``SchemaError``; at validation time a non-JSON Python value, the
@@ -56,7 +58,7 @@ from __future__ import annotations
 import hashlib
 import math
 import re
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any, Final, NoReturn
 from urllib.parse import unquote
 
@@ -146,7 +148,14 @@ class CompiledSchema:
         """Whether ``instance`` satisfies the schema; stops at the first violation.
 
         The fast path for the gate: call ``violations`` only when this says no.
-        A value that is not JSON (a set, bytes, a non-string key) is simply invalid.
+        A value that is not JSON (a set, bytes, a non-string key) is invalid where the schema
+        looks at it.
+
+        Depth: jsonschema-rs recurses as deep as the schema takes it into the instance; with a
+        recursive schema, an instance nested some 30,000 levels overflows its native stack (a
+        crash, not an exception). JSON decoded by msgspec or ``json`` stops at ~1,000 levels
+        (Python's recursion limit), so instances from the wire are safe; do not validate
+        hand-built objects of unbounded depth.
         """
         try:
             return self._validator.is_valid(instance)
@@ -199,7 +208,7 @@ def compile_schema(schema: dict[str, Any], *, tool: str) -> CompiledSchema:
             "every prompt that offers this tool carries it: split the tool, or shorten "
             "descriptions and move shared parts into '$defs'",
         )
-    key = hashlib.sha256(canonical).hexdigest()
+    key = hashlib.sha256(canonical).hexdigest()  # == CompiledSchema.hash
     cached = _cache.get(key)
     if cached is not None:
         return cached
@@ -223,7 +232,7 @@ def compile_schema(schema: dict[str, Any], *, tool: str) -> CompiledSchema:
         raise SchemaError(tool, _pointer(exc.instance_path), _compile_problem(exc)) from exc
     except (ValueError, jsonschema_rs.ReferencingError) as exc:
         raise SchemaError(tool, "", f"refused by the validator: {exc}") from exc
-    compiled = CompiledSchema(validator, doc, canonical, draft)
+    compiled = CompiledSchema(validator, doc, canonical, draft)  # hashes again: once per schema
     _cache[key] = compiled
     return compiled
 
@@ -504,66 +513,66 @@ def _find_cycle(edges: dict[str, list[tuple[str, str]]]) -> tuple[list[str], str
 # -- violations ------------------------------------------------------------------------------
 
 
+_K = jsonschema_rs.ValidationErrorKind
+
+# Kinds that make exactly one violation at the error's own location, by their expectation.
+# A dict on the kind's class: errors are translated one by one, and a chain of ``case`` class
+# patterns costs ~60 ns per case tried.
+_EXPECTED: Final[dict[type, Callable[[Any], str]]] = {
+    _K.Type: lambda k: " or ".join(k.types),
+    _K.Minimum: lambda k: f">= {_num(k.limit)}",
+    _K.Maximum: lambda k: f"<= {_num(k.limit)}",
+    _K.ExclusiveMinimum: lambda k: f"> {_num(k.limit)}",
+    _K.ExclusiveMaximum: lambda k: f"< {_num(k.limit)}",
+    _K.MultipleOf: lambda k: f"multiple of {_num(k.multiple_of)}",
+    _K.MinLength: lambda k: f"at least {_count(k.limit, 'character')}",
+    _K.MaxLength: lambda k: f"at most {_count(k.limit, 'character')}",
+    _K.MinItems: lambda k: f"at least {_count(k.limit, 'item')}",
+    _K.MaxItems: lambda k: f"at most {_count(k.limit, 'item')}",
+    _K.MinProperties: lambda k: f"at least {_count(k.limit, 'property', 'properties')}",
+    _K.MaxProperties: lambda k: f"at most {_count(k.limit, 'property', 'properties')}",
+    _K.Enum: lambda k: f"one of {_json(k.options)}",
+    _K.Constant: lambda k: f"exactly {_json(k.expected_value)}",
+    _K.Pattern: lambda k: f"string matching /{k.pattern}/",
+    _K.Format: lambda k: f"format {k.format}",
+    _K.UniqueItems: lambda k: "unique items",
+    _K.Not: lambda k: f"not {_json(k.schema)}",
+}
+
+
 def _translate(error: jsonschema_rs.ValidationError, doc: dict[str, Any]) -> list[Violation]:
     """One jsonschema-rs error as Violations (several when it names several properties)."""
-    K = jsonschema_rs.ValidationErrorKind
     kind = error.kind
     pointer = _pointer(error.instance_path)
     schema_path = error.schema_path
     keyword = str(schema_path[-1]) if schema_path else kind.name
     instance = error.instance
-    got = _short(instance)
+    simple = _EXPECTED.get(type(kind))
+    if simple is not None:
+        return [
+            Violation(
+                pointer=pointer, keyword=keyword, expected=_clip(simple(kind)), got=_short(instance)
+            )
+        ]
 
     def one(
-        expected: str, *, at: str = pointer, kw: str = keyword, came: str = got
+        expected: str, *, at: str = pointer, kw: str = keyword, came: str = ""
     ) -> list[Violation]:
-        return [Violation(pointer=at, keyword=kw, expected=_clip(expected), got=came)]
+        return [
+            Violation(
+                pointer=at, keyword=kw, expected=_clip(expected), got=came or _short(instance)
+            )
+        ]
 
     match kind:
-        case K.Type(types=types):
-            return one(" or ".join(types))
-        case K.Required(property=name):
+        case _K.Required(property=name):
             expected = f"property {name!r}"
             if keyword == "dependentRequired":
                 expected += _required_with(doc, schema_path, name, instance)
             return one(expected, at=f"{pointer}/{_escape(name)}", came="missing")
-        case K.Minimum(limit=limit):
-            return one(f">= {_num(limit)}")
-        case K.Maximum(limit=limit):
-            return one(f"<= {_num(limit)}")
-        case K.ExclusiveMinimum(limit=limit):
-            return one(f"> {_num(limit)}")
-        case K.ExclusiveMaximum(limit=limit):
-            return one(f"< {_num(limit)}")
-        case K.MultipleOf(multiple_of=step):
-            return one(f"multiple of {_num(step)}")
-        case K.MinLength(limit=n):
-            return one(f"at least {_count(n, 'character')}")
-        case K.MaxLength(limit=n):
-            return one(f"at most {_count(n, 'character')}")
-        case K.MinItems(limit=n):
-            return one(f"at least {_count(n, 'item')}")
-        case K.MaxItems(limit=n):
-            return one(f"at most {_count(n, 'item')}")
-        case K.MinProperties(limit=n):
-            return one(f"at least {_count(n, 'property', 'properties')}")
-        case K.MaxProperties(limit=n):
-            return one(f"at most {_count(n, 'property', 'properties')}")
-        case K.Enum(options=options):
-            return one(f"one of {_json(options)}")
-        case K.Constant(expected_value=value):
-            return one(f"exactly {_json(value)}")
-        case K.Pattern(pattern=pattern):
-            return one(f"string matching /{pattern}/")
-        case K.Format(format=fmt):
-            return one(f"format {fmt}")
-        case K.UniqueItems():
-            return one("unique items")
-        case K.Not(schema=schema):
-            return one(f"not {_json(schema)}")
-        case K.Contains():
+        case _K.Contains():
             return one(_contains_expected(doc, schema_path, keyword))
-        case K.AdditionalProperties(unexpected=names) | K.UnevaluatedProperties(unexpected=names):
+        case _K.AdditionalProperties(unexpected=names) | _K.UnevaluatedProperties(unexpected=names):
             return [
                 Violation(
                     pointer=f"{pointer}/{_escape(name)}",
@@ -573,7 +582,7 @@ def _translate(error: jsonschema_rs.ValidationError, doc: dict[str, Any]) -> lis
                 )
                 for name in names
             ]
-        case K.UnevaluatedItems(unexpected=unexpected):
+        case _K.UnevaluatedItems(unexpected=unexpected):
             # The stubs say indices; jsonschema-rs 0.61 gives the items' compact JSON instead.
             items: list[object] = list(unexpected)
             if all(isinstance(i, int) and not isinstance(i, bool) for i in items):
@@ -584,10 +593,10 @@ def _translate(error: jsonschema_rs.ValidationError, doc: dict[str, Any]) -> lis
                 listed = ",".join(str(i) for i in items)
                 return one("no extra items", came=_clip(f"[{listed}]", _GOT_MAX))
             return [_extra_item(pointer, keyword, instance, i) for i in indices]
-        case K.AdditionalItems(limit=limit):
+        case _K.AdditionalItems(limit=limit):
             n = len(instance) if isinstance(instance, list) else limit
             return [_extra_item(pointer, keyword, instance, i) for i in range(limit, n)]
-        case K.FalseSchema():
+        case _K.FalseSchema():
             kw = _false_schema_keyword(schema_path)
             if kw in _ITEM_KEYWORDS:
                 return one("no extra items", kw=kw)
@@ -596,17 +605,17 @@ def _translate(error: jsonschema_rs.ValidationError, doc: dict[str, Any]) -> lis
             if kw in _PROPERTY_KEYWORDS:
                 return one("no extra properties", kw=kw)
             return one("nothing (the schema here is false)", kw=kw)
-        case K.AnyOf(context=branches):
+        case _K.AnyOf(context=branches):
             return one(f"any of: {_branches(branches, doc, pointer)}")
-        case K.OneOfNotValid(context=branches):
+        case _K.OneOfNotValid(context=branches):
             return one(f"exactly one of: {_branches(branches, doc, pointer)}")
-        case K.OneOfMultipleValid(context=branches):
+        case _K.OneOfMultipleValid(context=branches):
             matched = [str(i) for i, errors in enumerate(branches) if not errors]
             return one(
                 f"exactly one of {len(branches)} alternatives; "
                 f"{len(matched)} match (#{', #'.join(matched)})"
             )
-        case K.PropertyNames(error=inner):
+        case _K.PropertyNames(error=inner):
             name = inner.instance if isinstance(inner.instance, str) else str(inner.instance)
             inner_expected = "; ".join(v.expected for v in _translate(inner, doc))
             return one(

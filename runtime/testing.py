@@ -11,7 +11,7 @@ from collections import defaultdict
 
 import trio
 
-from ._bus import InboundMsg, OverflowHandler, Subscription
+from ._bus import InboundMsg, MessageHandler, OverflowHandler, Subscription
 from ._errors import AgentUnavailable, PayloadTooLarge
 
 __all__ = ["InMemoryTransport", "subject_matches"]
@@ -85,9 +85,9 @@ class InMemoryTransport:
 
     async def subscribe(
         self, subject: str, *, queue: str = "", capacity: int = 1024,
-        on_overflow: OverflowHandler | None = None,
+        on_overflow: OverflowHandler | None = None, handler: MessageHandler | None = None,
     ) -> Subscription:  # fmt: skip
-        sub = Subscription(self, next(self._ids), subject, queue, capacity, on_overflow)
+        sub = Subscription(self, next(self._ids), subject, queue, capacity, on_overflow, handler)
         self._subs.append(sub)
         await trio.lowlevel.checkpoint()
         return sub

@@ -198,9 +198,10 @@ async def test_full_mailbox_refuses_bus_messages_with_overloaded(
         async with trio.open_nursery() as nursery:
             for _ in range(20):
                 nursery.start_soon(call)
-    # One in the handler + 8 queued are served; the rest are refused, none is lost silently.
-    assert outcomes.count("ok") == 9
-    assert outcomes.count("overloaded") == 11
+    # All 20 arrive before the actor takes the first: the 8 that fit the mailbox are served,
+    # the rest are refused with a typed error; none is lost silently.
+    assert outcomes.count("ok") == 8
+    assert outcomes.count("overloaded") == 12
 
 
 async def test_local_senders_wait_for_mailbox_space_instead(
@@ -258,32 +259,3 @@ async def test_trace_id_follows_the_call_chain(autojump_clock: trio.testing.Mock
         finally:
             current_trace_id.reset(token)
     assert (pong.key, pong.n, pong.trace_id) == ("other", 3, "4bf92f3577b34da6a3ce929d0e0e4736")
-
-
-async def test_full_inbound_queue_answers_overloaded(
-    autojump_clock: trio.testing.MockClock,
-) -> None:
-    bus = InMemoryTransport()
-    outcomes: list[str] = []
-    async with (
-        open_node(cfg("a", inbound_capacity=2), [Echo], bus=bus) as a,
-        open_node(cfg("b"), [], bus=bus) as b,
-    ):
-
-        async def call(i: int) -> None:
-            try:
-                await b.send(AgentId("Echo", f"k{i}"), Ping())
-                outcomes.append("ok")
-            except Overloaded as exc:
-                assert str(exc) == (
-                    f"node a's inbound queue for agentrt.unit.agent.Echo.p0.k{i} is full (2); "
-                    "retry later or add replicas"
-                )
-                outcomes.append("overloaded")
-
-        async with trio.open_nursery() as nursery:
-            for i in range(10):
-                nursery.start_soon(call, i)
-    assert len(outcomes) == 10
-    assert outcomes.count("overloaded") >= 1
-    assert a.status().inbound_overflow == outcomes.count("overloaded")

@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
+import agentrt
 import msgspec
 import pytest
-
-import agentrt
 from agentrt import AgentDefinitionError, AgentId, RestartPolicy
 from agentrt._messages import register_message
 
@@ -72,7 +71,8 @@ class Plain(msgspec.Struct):
 def test_untagged_message_type_is_refused_with_the_fix() -> None:
     with pytest.raises(
         AgentDefinitionError,
-        match=r"needs a namespaced string tag, got None: declare `class Plain\(agentrt.Message, tag='yourapp.plain'\)`",
+        match=r"needs a namespaced string tag, got None: declare "
+        r"`class Plain\(agentrt.Message, tag='yourapp.plain'\)`",
     ):
 
         class Bad(agentrt.Agent):

@@ -4,12 +4,11 @@ from __future__ import annotations
 
 import msgspec
 import pytest
-from hypothesis import given
-from hypothesis import strategies as st
-
 from agentrt import MalformedMessage
 from agentrt._envelope import ContentType, Envelope, Kind, decode_envelope, encode, new_id
 from agentrt._messages import lookup_message
+from hypothesis import given
+from hypothesis import strategies as st
 
 from .helpers import Ping
 

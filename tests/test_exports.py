@@ -6,10 +6,9 @@ import importlib
 import inspect
 import typing
 
-import msgspec
-
 import agentrt
 import agentrt.testing
+import msgspec
 
 
 def test_all_is_sorted_and_unique() -> None:

@@ -7,7 +7,7 @@ from typing import Any
 import pytest
 import trio
 from agentrt import GateError, NodeConfig, open_client, open_node
-from agentrt._bus import open_bus
+from agentrt._connect import open_bus
 from agentrt._envelope import (
     ContentType,
     Envelope,
