@@ -75,7 +75,9 @@ CONCURRENCY = 64
 RAW_SUBJECT = "bench.raw.echo"
 CLUSTER_ACROSS = "bench-across"
 CLUSTER_WITHIN = "bench-within"
-SETUPS = ("raw", "across", "within")
+SETUPS = ("raw", "across", "thread", "within")
+# "thread" is "across" with AGENTRT_BUS=thread on both sides: the nats-py bridge that the
+# trio-native client replaced, measured in the same run so the choice stays justified.
 TARGET_P50_RATIO = 1.5
 TARGET_RPS_RATIO = 0.5
 TARGET_WITHIN_P50_US = 30.0
@@ -206,8 +208,12 @@ async def _trio_stdin_eof() -> None:
             pass
 
 
+def _across_cluster() -> str:
+    return f"{CLUSTER_ACROSS}-{os.environ.get('AGENTRT_BUS', 'trio')}"
+
+
 async def echo_node(url: str) -> None:
-    config = NodeConfig(servers=(url,), cluster=CLUSTER_ACROSS, name="bench-echo")
+    config = NodeConfig(servers=(url,), cluster=_across_cluster(), name="bench-echo")
     async with open_node(config, [Echo]):
         _report_ready()
         await _trio_stdin_eof()
@@ -242,7 +248,7 @@ async def _measure_agentrt(node: Node, sizes: Sizes) -> Result:
 
 
 async def agentrt_client(url: str, sizes: Sizes) -> None:
-    config = NodeConfig(servers=(url,), cluster=CLUSTER_ACROSS, name="bench-client")
+    config = NodeConfig(servers=(url,), cluster=_across_cluster(), name="bench-client")
     async with open_client(config) as client:
         _report_result(await _measure_agentrt(client, sizes))
 
@@ -416,7 +422,7 @@ def _best(rs: Sequence[Result]) -> Result:
 
 
 def _summary(results: dict[str, list[Result]]) -> None:
-    raw, across, within = (results[s] for s in SETUPS)
+    raw, across, _, within = (results[s] for s in SETUPS)
     best = {name: _best(rs) for name, rs in results.items()}
     print(f"\nbest of {len(raw)} round(s):")
     for name in SETUPS:
@@ -441,6 +447,10 @@ def _summary(results: dict[str, list[Result]]) -> None:
          per_round(lambda a, r: a.p99_us / r.p99_us), None),
         ("across same-key req/s / raw req/s", "", best["across"].rps_same_key / best["raw"].rps,
          per_round(lambda a, r: a.rps_same_key / r.rps), None),
+        ("thread bus p50 / raw p50", "", best["thread"].p50_us / best["raw"].p50_us,
+         [t.p50_us / r.p50_us for t, r in zip(results["thread"], raw, strict=True)], None),
+        ("thread bus req/s / raw req/s", "", best["thread"].rps / best["raw"].rps,
+         [t.rps / r.rps for t, r in zip(results["thread"], raw, strict=True)], None),
     ]  # fmt: skip
     print(f"\n  {'':<36}{'target':<9}{'best-of':>8}   per round: median [min-max]")
     for what, target, value, rounds, met in rows:
@@ -465,15 +475,23 @@ def orchestrate(sizes: Sizes, rounds: int) -> None:
         f"with {CONCURRENCY} in flight; {rounds} round(s); {_load()}"
     )
     results: dict[str, list[Result]] = {s: [] for s in SETUPS}
-    roles = {"raw": "raw-requester", "across": "client", "within": "within"}
+    roles = {
+        "raw": "raw-requester", "across": "client", "thread": "client-thread", "within": "within",
+    }  # fmt: skip
     started = time.monotonic()
     with tempfile.TemporaryDirectory(prefix="agentrt-bench-") as tmp:
         server = NatsServer(Path(tmp), name="bench")
-        with server, _responder("raw-responder", server.url), _responder("node", server.url):
+        with (
+            server,
+            _responder("raw-responder", server.url),
+            _responder("node", server.url),
+            _responder("node-thread", server.url),
+        ):
             for n in range(rounds):
                 print(f"round {n + 1}:")
                 # Rotate the order so no setup always runs first (or right after another).
-                for setup in SETUPS[n % 3 :] + SETUPS[: n % 3]:
+                k = n % len(SETUPS)
+                for setup in SETUPS[k:] + SETUPS[:k]:
                     result = _measure_in_child(roles[setup], server.url, sizes)
                     results[setup].append(result)
                     print(_row(setup, result), flush=True)
@@ -487,6 +505,9 @@ def orchestrate(sizes: Sizes, rounds: int) -> None:
 
 
 def _run_role(role: str, url: str, sizes: Sizes) -> None:
+    if role.endswith("-thread"):
+        os.environ["AGENTRT_BUS"] = "thread"
+        role = role.removesuffix("-thread")
     if role == "raw-responder":
         asyncio.run(raw_responder(url))
     elif role == "raw-requester":
@@ -499,6 +520,11 @@ def _run_role(role: str, url: str, sizes: Sizes) -> None:
         trio.run(agentrt_within, url, sizes)
 
 
+ROLES = (
+    "raw-responder", "raw-requester", "node", "client", "within", "node-thread", "client-thread",
+)  # fmt: skip
+
+
 def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="small samples, one round")
@@ -508,7 +534,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--pipe", type=int, help="timed pipelined requests (default 20000)")
     parser.add_argument(
         "--role",
-        choices=("raw-responder", "raw-requester", "node", "client", "within"),
+        choices=ROLES,
         help="run one side of one setup (used for the child processes)",
     )
     parser.add_argument("--url", help="NATS server URL, with --role")

@@ -30,6 +30,8 @@ __all__ = ["ActorHost", "Delivery", "Responder", "current_trace_id"]
 
 log = logging.getLogger("agentrt.actor")
 
+_STREAK = 16
+
 current_trace_id: contextvars.ContextVar[str] = contextvars.ContextVar(
     "agentrt_trace_id", default=""
 )
@@ -216,9 +218,23 @@ class ActorHost:
 
     async def _serve(self, agent: Agent, cell: _Cell) -> bool:
         """Handle messages until the mailbox closes (False) or a handler raises (True)."""
+        streak = 0
         while True:
+            # Queued messages are taken without a scheduling round (up to _STREAK in a row):
+            # their replies then leave in one write instead of one write per message.
             try:
-                delivery = await cell.recv.receive()
+                if streak < _STREAK:
+                    delivery = cell.recv.receive_nowait()
+                    streak += 1
+                else:
+                    streak = 0
+                    delivery = await cell.recv.receive()
+            except trio.WouldBlock:
+                streak = 0
+                try:
+                    delivery = await cell.recv.receive()
+                except trio.EndOfChannel:
+                    return False
             except trio.EndOfChannel:
                 return False
             cell.busy = True

@@ -23,7 +23,7 @@ Three phases, cheapest first:
    coerced where the schema declares a ``type`` that the value does not already have, so a
    ``"5"`` in a string field stays ``"5"``.
 3. **Defaults.** A property missing from an object that is present, whose schema has a
-   ``default``, gets a copy of it.
+   ``default``, gets a copy of it, walked in turn (so an object default gets its own defaults).
 
 Why a library for the syntax: `json-repair` (package ``json_repair``) is a maintained parser built
 for LLM output. It closes truncated strings, arrays and objects in the right order, handles quotes
@@ -610,24 +610,29 @@ def _walk_object(value: Mapping[Any, Any], node: _Node, pointer: str, depth: int
             if sub_steps:
                 changed[key] = new
                 steps += sub_steps
-    defaults, filled = _defaults(value, node, pointer)
+    defaults, filled = _defaults(value, node, pointer, depth)
     if changed or defaults:
         value = {**value, **changed, **defaults}
     return value, steps + filled
 
 
 def _defaults(
-    value: Mapping[Any, Any], node: _Node, pointer: str
+    value: Mapping[Any, Any], node: _Node, pointer: str, depth: int
 ) -> tuple[dict[str, Any], list[RepairStep]]:
-    """Copies of the defaults of missing properties, in schema order, with their steps."""
+    """Copies of the defaults of missing properties, in schema order, with their steps.
+
+    A default is walked like a value sent, so an object default gets its own properties'
+    defaults too, and a second repair finds nothing left to do.
+    """
     defaults: dict[str, Any] = {}
     steps: list[RepairStep] = []
     for key, sub in node.properties.items():
         if sub.default is _NOT_JSON or key in value:
             continue
-        defaults[key] = copy.deepcopy(sub.default)
-        detail = f"missing -> {_show(sub.default)}"
-        steps.append(_step("fill_default", f"{pointer}/{_escape(key)}", detail))
+        where = f"{pointer}/{_escape(key)}"
+        filled, inner = _walk(copy.deepcopy(sub.default), sub, where, depth + 1)
+        defaults[key] = filled
+        steps += [_step("fill_default", where, f"missing -> {_show(sub.default)}"), *inner]
     return defaults, steps
 
 
