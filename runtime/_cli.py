@@ -244,7 +244,8 @@ def up(path: str | None, config: str | None, demo: bool, log_level: str) -> None
 async def _with_client(cfg: ClusterConfig, fn: Callable[[Node], Awaitable[int]]) -> int:
     state = read_state(cfg)
     try:
-        async with open_client(node_config_from_state(cfg, state, f"cli-{os.getpid()}")) as c:
+        config = node_config_from_state(cfg, state, f"cli-{os.getpid()}")
+        async with open_client(config, registry=tool_registry(cfg)) as c:
             return await fn(c)
     except BusError as exc:
         raise ClusterNotRunning(

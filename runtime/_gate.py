@@ -18,11 +18,13 @@ from typing import Any, Protocol
 import msgspec
 
 from ._errors import GateError, Violation
-from ._repair import RepairStep, repair
+from ._repair import RepairStep
 from ._tools import Tool, ToolRegistry
 
 __all__ = [
     "Checked",
+    "Escalate",
+    "Execute",
     "Gate",
     "GateCount",
     "GateMetrics",
@@ -148,7 +150,7 @@ class Gate:
             GateError: unknown tool, no JSON recoverable (stage ``parse``), or violations.
         """
         t = self._tool(name)
-        repaired = repair(raw, t.spec.input_schema, tool=name)
+        repaired = t.repairer.repair(raw, tool=name)
         value = repaired.value
         if not t.input.is_valid(value):
             raise GateError(name, "input", t.input.violations(value))

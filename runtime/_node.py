@@ -54,7 +54,7 @@ from ._errors import (
     UnexpectedReply,
     UnknownMessageType,
 )
-from ._gate import Gate, outcome_of
+from ._gate import Escalate, Gate, GateResult, Proposer, outcome_of
 from ._ids import AgentId
 from ._messages import lookup_message, message_tag
 from ._tools import Tool, ToolRegistry
@@ -454,24 +454,45 @@ class Node:
             GateError: the call (or the result) is invalid; an invalid call never runs.
             DeliveryError: the tool's node failed, timed out or is not there.
         """
-        checked = self.gate.check_call(name, args)
+        try:
+            checked = self.gate.check_call(name, args)
+            result = await self._execute_tool(name, checked.args, sender=sender)
+            self.gate.check_result(name, result)
+        except GateError:
+            self.gate.rejected(name, sender)
+            raise
+        self.gate.metrics.count(sender, name, outcome_of(checked.steps))
+        return result
+
+    async def call_tool_with(
+        self, name: str, model: Proposer, *, escalate: Escalate | None = None, sender: str = ""
+    ) -> GateResult:
+        """Let ``model`` propose the arguments and run the tool's whole fallback ladder: retry
+        with the error fed back, escalate, degrade (``Gate.call``), executing over the bus.
+
+        Raises:
+            GateError: every rung failed and the tool's fallback is ``fail``.
+        """
+        return await self.gate.call(
+            name, model, functools.partial(self._execute_tool, name, sender=sender),
+            escalate=escalate,
+        )  # fmt: skip
+
+    async def _execute_tool(self, name: str, args: dict[str, Any], *, sender: str = "") -> Any:
+        """Run already-checked arguments, here or on the tool's node; returns the raw result."""
         deadline = self._deadline()
         local = self._tools.get(name)
         if local is not None:
-            result = await self._run_tool(local, checked.args, deadline)
-        else:
-            env = self._envelope(
-                Kind.REQUEST, "agentrt.tool_call", sender or f"client:{self.name}", name,
-                msgspec.json.encode(checked.args), deadline, ContentType.JSON,
-            )  # fmt: skip
-            reply = await self.request_envelope(self.subjects.tool(name), env, deadline)
-            try:
-                result = msgspec.json.decode(reply.payload) if reply.payload else None
-            except msgspec.DecodeError as exc:
-                raise MalformedMessage(f"tool {name!r} returned invalid JSON: {exc}") from exc
-        self.gate.check_result(name, result)
-        self.gate.metrics.count(sender or "", name, outcome_of(checked.steps))
-        return result
+            return await self._run_tool(local, args, deadline)
+        env = self._envelope(
+            Kind.REQUEST, "agentrt.tool_call", sender or f"client:{self.name}", name,
+            msgspec.json.encode(args), deadline, ContentType.JSON,
+        )  # fmt: skip
+        reply = await self.request_envelope(self.subjects.tool(name), env, deadline)
+        try:
+            return msgspec.json.decode(reply.payload) if reply.payload else None
+        except msgspec.DecodeError as exc:
+            raise MalformedMessage(f"tool {name!r} returned invalid JSON: {exc}") from exc
 
     async def _run_tool(self, t: Tool, args: dict[str, Any], deadline: float) -> Any:
         assert t.func is not None

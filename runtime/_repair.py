@@ -54,7 +54,8 @@ The rules, a closed set (`RULES`); the pointer is into the repaired value, ``""`
   element, after its own coercion, has a type the item schema admits.
 - ``parse_embedded_json``: a string holding strict JSON text of an object or array, where the
   schema wants that type (a double-encoded argument) -> the parsed value, then walked in turn.
-- ``fill_default``: a missing property -> a copy of its schema's ``default``.
+- ``fill_default``: a missing property -> a copy of its schema's ``default``, then walked like
+  a value sent (an object default gets its own properties' defaults).
 
 The coercions are tried in that order (embedded JSON, integer, number, boolean, null, then
 wrapping); the first that applies wins. Under ``anyOf`` / ``oneOf`` a value is left alone when

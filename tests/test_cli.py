@@ -311,6 +311,26 @@ def test_up_status_call_down(quickstart: Path, tmp_path: Path) -> None:
             assert_clean_failure(r, 1, *phrases)
             assert r.stdout == ""
 
+        # tools: called through the gate; sloppy arguments repaired, invalid ones refused.
+        r = cli("tools", "call", "initials", '{"names": ["Ada", "Linus"]}', "-c", d)
+        assert (r.returncode, json.loads(r.stdout)) == (0, "A.L"), r.stderr
+        r = cli("tools", "call", "initials", "```json\n{'names': 'grace',}\n```", "-c", d)
+        assert (r.returncode, json.loads(r.stdout)) == (0, "G"), r.stderr
+        r = cli("tools", "call", "initials", '{"names": [1], "sep": "-"}', "-c", d)
+        assert r.returncode == 1
+        assert r.stderr.startswith(
+            "agentrt: error: tool 'initials': input failed the schema gate (2 violations)"
+        ), r.stderr
+        assert "at /names/0: 'type' expects string; got 1" in r.stderr
+        assert "at /sep: 'additionalProperties'" in r.stderr
+
+        # metrics: Prometheus text, the gate's counters per model, tool and outcome.
+        r = cli("metrics", "-c", d)
+        assert r.returncode == 0, r.stderr
+        assert "# TYPE agentrt_gate_calls_total counter" in r.stdout
+        assert 'agentrt_agent_messages_total{node="workers-0",agent="Greeter",result="received"}' \
+            in r.stdout or 'node="workers-1",agent="Greeter"' in r.stdout  # fmt: skip
+
         # A second `up` from the same directory is refused and leaves the first one alone.
         r = cli("up", d)
         assert_clean_failure(r, 1, "is already running from this directory", str(up.proc.pid))
@@ -419,6 +439,18 @@ def test_stale_state_down_cleans_up(stale: tuple[Path, int]) -> None:
 
 
 # ---------------------------------------------------------------------------- check / bad config
+
+
+def test_tools_list_and_show_need_no_running_cluster(quickstart: Path) -> None:
+    r = cli("tools", "list", "-c", str(quickstart))
+    assert r.returncode == 0, r.stderr
+    assert "initials" in r.stdout and "workers" in r.stdout
+    r = cli("tools", "show", "initials", "-c", str(quickstart))
+    spec = json.loads(r.stdout)
+    assert spec["input_schema"]["required"] == ["names"]
+    assert spec["output_schema"] == {"type": "string"}
+    r = cli("tools", "show", "nope", "-c", str(quickstart))
+    assert_clean_failure(r, 1, "no tool named 'nope'", "(tools: initials)")
 
 
 def test_check_ok(quickstart: Path) -> None:

@@ -232,3 +232,74 @@ async def test_tool_call_over_nats_is_gated_on_both_sides(nats_url: str, cluster
     assert CALLS == [{"a": 2, "b": 3}, {"a": 2, "b": 3}]
     counts = {(c.model, c.tool, c.outcome): c.count for c in node.status().gate}
     assert counts[("rogue", "add", "rejected")] == 1
+
+
+@tool(name="kv.lookup", fallback=Fallback(retries=1, degrade="cached"))
+def lookup(key: str) -> dict[str, int]:
+    """Look a key up."""
+    CALLS.append({"key": key})
+    return {key: len(key)}
+
+
+def ladder_tool(degrade: str) -> Any:
+    @tool(name=f"ladder.{degrade}",
+          fallback=Fallback(retries=1, degrade=degrade, default={"x": -1}))  # type: ignore[arg-type]  # fmt: skip
+    def ladder(x: int) -> dict[str, int]:
+        """Echo x."""
+        CALLS.append({"x": x})
+        return {"x": x}
+
+    return ladder
+
+
+LADDER = {d: ladder_tool(d) for d in ("fail", "default", "skip", "cached")}
+
+
+async def test_every_rung_of_the_fallback_ladder_over_nats(
+    nats_url: str, cluster_name: str
+) -> None:
+    cfg = NodeConfig(cluster=cluster_name, name="tools", servers=(nats_url,))
+    ccfg = NodeConfig(cluster=cluster_name, name="llm", servers=(nats_url,))
+    tools = [lookup, *LADDER.values()]
+    async with (
+        open_node(cfg, tools=tools) as node,
+        open_client(ccfg, registry=registry_of(*tools)) as c,
+    ):
+        with trio.fail_after(20):
+            # retry: the error goes back to the model, the second proposal runs remotely
+            small = Script("small", ['{"k": "a"}', '{"key": "abc"}'])
+            r = await c.call_tool_with("kv.lookup", small, sender="small")
+            assert (r.value, r.outcome, r.attempts) == ({"abc": 3}, Outcome.VALID, 2)
+            assert small.feedback[1] is not None and "/key: required" in small.feedback[1]
+
+            # escalate: small keeps failing, large gets the error and succeeds
+            small = Script("small", ['{"key": 1}', '{"key": 2}'])
+            large = Script("large", ['{"key": "zz"}'])
+
+            async def bigger(_: GateError) -> Script:
+                return large
+
+            r = await c.call_tool_with("kv.lookup", small, escalate=bigger, sender="small")
+            assert (r.value, r.model) == ({"zz": 2}, "large")
+
+            # degrade to the cached (last good) result once every rung failed
+            r = await c.call_tool_with("kv.lookup", Script("small", ["{}", "{}"]), sender="small")
+            assert (r.value, r.outcome) == ({"zz": 2}, Outcome.DEGRADED)
+
+            # degrade to the declared default, to nothing, or fail with a typed error
+            r = await c.call_tool_with("ladder.default", Script("m", ["{}", "{}"]))
+            assert (r.value, r.outcome) == ({"x": -1}, Outcome.DEGRADED)
+            r = await c.call_tool_with("ladder.skip", Script("m", ["{}", "{}"]))
+            assert (r.value, r.outcome) == (None, Outcome.DEGRADED)
+            with pytest.raises(GateError) as info:
+                await c.call_tool_with("ladder.fail", Script("m", ["{}", "[1]"]))
+            assert info.value.violations[0].keyword in ("required", "type")
+    # Only valid calls ever reached the tools' node.
+    assert CALLS == [{"key": "abc"}, {"key": "zz"}]
+    counts = {(x.model, x.tool, x.outcome): x.count for x in c.gate.metrics.snapshot()}
+    assert counts[("small", "kv.lookup", "retried")] == 3
+    assert counts[("small", "kv.lookup", "escalated")] == 1
+    assert counts[("large", "kv.lookup", "valid")] == 1
+    assert counts[("small", "kv.lookup", "degraded")] == 1
+    assert counts[("m", "ladder.fail", "rejected")] == 1
+    assert node.status().gate == []  # the node refused nothing: the sender's gate held

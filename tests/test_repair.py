@@ -375,6 +375,17 @@ def test_fill_default_top_level_and_in_nested_objects_that_exist() -> None:
     )
 
 
+def test_fill_default_of_an_object_fills_its_own_defaults() -> None:
+    schema = props(opts={**props(case={"type": "boolean", "default": False}), "default": {}})
+    assert repair("{}", schema, tool="t") == Repaired(
+        {"opts": {"case": False}},
+        (
+            step("fill_default", "/opts", "missing -> {}"),
+            step("fill_default", "/opts/case", "missing -> false"),
+        ),
+    )
+
+
 def test_fill_default_copies_the_default_and_never_mutates_inputs() -> None:
     schema = props(tags={"type": "array", "default": ["a"]}, n={"type": "integer"})
     schema_before = copy.deepcopy(schema)
