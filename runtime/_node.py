@@ -57,6 +57,7 @@ from ._errors import (
 from ._gate import Escalate, Gate, GateResult, Proposer, outcome_of
 from ._ids import AgentId
 from ._messages import lookup_message, message_tag
+from ._registry import ToolBucket
 from ._tools import Tool, ToolRegistry
 
 __all__ = ["Node", "NodeConfig", "Subjects", "open_client", "open_node", "partition_of"]
@@ -85,6 +86,8 @@ class NodeConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_field
             one replica and its state stays consistent; every sender must agree on this map,
             which ``agentrt up`` derives from agentrt.toml.
         owned: agent type -> the partition this node serves (default 0).
+        share_tools: publish this node's tool specs to, and follow, the cluster's JetStream
+            tool bucket (see ``_registry.py``); without JetStream the registry stays local.
     """
 
     cluster: str = "default"
@@ -95,6 +98,7 @@ class NodeConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_field
     default_deadline_s: float = 30.0
     idle_timeout_s: float = 600.0
     drain_timeout_s: float = 10.0
+    share_tools: bool = True
     partitions: dict[str, int] = msgspec.field(default_factory=dict)
     owned: dict[str, int] = msgspec.field(default_factory=dict)
 
@@ -752,6 +756,14 @@ class Node:
                         handler=functools.partial(self._on_tool_message, t, actors),
                     )  # fmt: skip
                     subs.append(sub)
+                if self.config.share_tools:
+                    # Ready only once this node's tools are visible cluster-wide and every
+                    # published spec is known here.
+                    bucket = ToolBucket(self._bus, self.config.cluster, self.registry)
+                    if await bucket.ensure():
+                        for t in self._tools.values():
+                            await bucket.put(t.spec)
+                        await bucket.follow()
                 for name in ("status", "drain") if self._control else ():
                     sub = await self._bus.subscribe(self.subjects.ctl(name), capacity=64)
                     subs.append(sub)

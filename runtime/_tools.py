@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 import msgspec
+import trio
 
 from ._errors import SchemaError
 from ._repair import Repairer
@@ -189,10 +190,20 @@ class ToolRegistry:
 
     def __init__(self) -> None:
         self._tools: dict[str, Tool] = {}
+        self._awaited: dict[str, trio.Event] = {}
 
     def register(self, t: Tool) -> Tool:
         """Add a tool; re-registering the same name replaces it (new schema, new validator)."""
         self._tools[t.name] = t
+        event = self._awaited.pop(t.name, None)
+        if event is not None:
+            event.set()
+        return t
+
+    async def wait_for(self, name: str) -> Tool:
+        """Wait until a tool of that name is registered (e.g. published by another node)."""
+        while (t := self._tools.get(name)) is None:
+            await self._awaited.setdefault(name, trio.Event()).wait()
         return t
 
     def register_spec(self, spec: ToolSpec) -> Tool:

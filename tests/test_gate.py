@@ -303,3 +303,27 @@ async def test_every_rung_of_the_fallback_ladder_over_nats(
     assert counts[("small", "kv.lookup", "degraded")] == 1
     assert counts[("m", "ladder.fail", "rejected")] == 1
     assert node.status().gate == []  # the node refused nothing: the sender's gate held
+
+
+@tool(name="late.square")
+def square(x: int) -> int:
+    """Square x."""
+    return x * x
+
+
+async def test_tool_specs_are_shared_through_jetstream(nats_url: str, cluster_name: str) -> None:
+    def cfg(name: str) -> NodeConfig:
+        return NodeConfig(cluster=cluster_name, name=name, servers=(nats_url,))
+
+    # The client knows no tool from any config: everything it gates with comes from the bucket.
+    async with open_node(cfg("tools"), tools=[add]), open_client(cfg("c")) as client:
+        with trio.fail_after(10):
+            assert client.registry.get("add") is not None  # replayed before the client was ready
+            assert await client.call_tool("add", {"a": 20, "b": 22}) == 42
+            with pytest.raises(GateError) as info:
+                await client.call_tool("add", {"a": "x"})  # refused here, by the shared schema
+            assert info.value.violations[0].pointer == "/a"
+            # A node that starts later with a new tool: the running client learns it.
+            async with open_node(cfg("late"), tools=[square]):
+                await client.registry.wait_for("late.square")  # pushed by the bucket
+                assert await client.call_tool("late.square", {"x": 7}) == 49
