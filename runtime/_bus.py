@@ -47,6 +47,7 @@ __all__ = [
     "MessageHandler",
     "NatsBus",
     "OverflowHandler",
+    "ReplyWaiters",
     "Subscription",
     "Transport",
     "open_thread_bus",
@@ -78,6 +79,49 @@ class InboundMsg:
 
 OverflowHandler = Callable[[InboundMsg], None]
 MessageHandler = Callable[[InboundMsg], None]
+
+
+class ReplyWaiters:
+    """Requests waiting for their reply on a bus's one wildcard inbox, by request id.
+
+    Both buses use it: a request publishes with reply subject ``<inbox>.<id>`` and parks; the
+    reader that sees the reply reschedules the task directly (no future, no channel).
+    """
+
+    def __init__(self) -> None:
+        self._ids = itertools.count(1)
+        self._tasks: dict[int, trio.lowlevel.Task] = {}
+
+    def new_id(self) -> int:
+        return next(self._ids)
+
+    async def wait(self, req_id: int, subject: str) -> InboundMsg:
+        """Park until ``deliver(req_id, ...)``; the caller's cancel scope bounds the wait.
+
+        Raises:
+            AgentUnavailable: the reply is NATS's "no responders" status for ``subject``.
+        """
+        self._tasks[req_id] = trio.lowlevel.current_task()
+
+        def abort(_: Any) -> trio.lowlevel.Abort:
+            self._tasks.pop(req_id, None)
+            return trio.lowlevel.Abort.SUCCEEDED
+
+        msg: InboundMsg = await trio.lowlevel.wait_task_rescheduled(abort)
+        if msg.headers and msg.headers.get("Status") == _NO_RESPONDERS and not msg.data:
+            raise AgentUnavailable(f"no subscriber on {subject}", recipient=subject)
+        return msg
+
+    def deliver(self, req_id: int, msg: InboundMsg) -> None:
+        """Wake the request waiting for ``req_id`` (a late reply to an abandoned one is dropped)."""
+        task = self._tasks.pop(req_id, None)
+        if task is not None:
+            trio.lowlevel.reschedule(task, outcome.Value(msg))
+
+    def fail_all(self, error: BaseException) -> None:
+        for task in self._tasks.values():
+            trio.lowlevel.reschedule(task, outcome.Error(error))
+        self._tasks.clear()
 
 
 class _SubscriptionOwner(Protocol):
@@ -183,7 +227,7 @@ class NatsBus:
         # correlation
         self._inbox = f"_INBOX.{os.urandom(8).hex()}"
         self._req_ids = itertools.count(1)
-        self._waiters: dict[int, trio.lowlevel.Task] = {}
+        self._replies = ReplyWaiters()
         self._calls: dict[int, trio.lowlevel.Task] = {}
         self._subs: dict[int, Subscription] = {}
         self._sids = itertools.count(1)
@@ -239,18 +283,9 @@ class NatsBus:
             PayloadTooLarge: ``data`` exceeds the server's ``max_payload``.
             BusError: the connection is closed or broke while waiting.
         """
-        req_id = next(self._req_ids)
+        req_id = self._replies.new_id()
         self.publish_nowait(subject, data, reply=f"{self._inbox}.{req_id}", headers=headers)
-        self._waiters[req_id] = trio.lowlevel.current_task()
-
-        def abort(_: Any) -> trio.lowlevel.Abort:
-            self._waiters.pop(req_id, None)
-            return trio.lowlevel.Abort.SUCCEEDED
-
-        msg: InboundMsg = await trio.lowlevel.wait_task_rescheduled(abort)
-        if msg.headers and msg.headers.get("Status") == _NO_RESPONDERS and not msg.data:
-            raise AgentUnavailable(f"no subscriber on {subject}", recipient=subject)
-        return msg
+        return await self._replies.wait(req_id, subject)
 
     async def subscribe(
         self, subject: str, *, queue: str = "", capacity: int = 1024,
@@ -326,9 +361,7 @@ class NatsBus:
                 if sub is not None:
                     sub._deliver(op[2])
             elif kind == "reply":
-                task = self._waiters.pop(op[1], None)
-                if task is not None:
-                    trio.lowlevel.reschedule(task, outcome.Value(op[2]))
+                self._replies.deliver(op[1], op[2])
             elif kind == "result":
                 task = self._calls.pop(op[1], None)
                 if task is not None:
@@ -344,10 +377,10 @@ class NatsBus:
         if self._broken is not None:
             return
         self._broken = error
-        for waiters in (self._waiters, self._calls):
-            for task in waiters.values():
-                trio.lowlevel.reschedule(task, outcome.Error(error))
-            waiters.clear()
+        self._replies.fail_all(error)
+        for task in self._calls.values():
+            trio.lowlevel.reschedule(task, outcome.Error(error))
+        self._calls.clear()
         for sub in self._subs.values():
             sub._send.close()
         self._subs.clear()

@@ -195,6 +195,12 @@ class _LocalReply:
         return await trio.lowlevel.wait_task_rescheduled(abort)
 
 
+@functools.lru_cache(maxsize=4096)
+def _reply_tag(cls: type) -> str:
+    # Cached: a handler's reply type is the same on every call.
+    return message_tag(cls)
+
+
 class _BusReply:
     """Answers one request that came over the bus by publishing to its reply subject."""
 
@@ -209,7 +215,7 @@ class _BusReply:
             tag, payload = "", b""
         else:
             try:
-                tag = message_tag(type(value))
+                tag = _reply_tag(type(value))
                 payload = encode(value)
             except (AgentDefinitionError, TypeError, msgspec.EncodeError) as exc:
                 self.err(

@@ -27,11 +27,10 @@ from contextlib import asynccontextmanager
 from typing import Any
 from urllib.parse import urlsplit
 
-import outcome
 import trio
 
-from ._bus import InboundMsg, MessageHandler, OverflowHandler, Subscription
-from ._errors import AgentUnavailable, BusError, PayloadTooLarge
+from ._bus import InboundMsg, MessageHandler, OverflowHandler, ReplyWaiters, Subscription
+from ._errors import BusError, PayloadTooLarge
 
 __all__ = ["TrioNatsBus", "open_trio_bus"]
 
@@ -99,8 +98,7 @@ class TrioNatsBus:
         self._sids = itertools.count(1)
         self._inbox_prefix = f"_INBOX.{os.urandom(8).hex()}."
         self._inbox_sid = 0
-        self._req_ids = itertools.count(1)
-        self._waiters: dict[int, trio.lowlevel.Task] = {}
+        self._replies = ReplyWaiters()
         self._connected = trio.Event()
         self._closed = False
         self._broken: BusError | None = None
@@ -153,18 +151,9 @@ class TrioNatsBus:
             PayloadTooLarge: ``data`` exceeds the server's ``max_payload``.
             BusError: the connection was closed while waiting.
         """
-        req_id = next(self._req_ids)
+        req_id = self._replies.new_id()
         self.publish_nowait(subject, data, reply=f"{self._inbox_prefix}{req_id}", headers=headers)
-        self._waiters[req_id] = trio.lowlevel.current_task()
-
-        def abort(_: Any) -> trio.lowlevel.Abort:
-            self._waiters.pop(req_id, None)
-            return trio.lowlevel.Abort.SUCCEEDED
-
-        msg: InboundMsg = await trio.lowlevel.wait_task_rescheduled(abort)
-        if msg.headers and msg.headers.get("Status") == "503" and not msg.data:
-            raise AgentUnavailable(f"no subscriber on {subject}", recipient=subject)
-        return msg
+        return await self._replies.wait(req_id, subject)
 
     async def subscribe(
         self, subject: str, *, queue: str = "", capacity: int = 1024,
@@ -373,7 +362,7 @@ class TrioNatsBus:
             self._write(b"PING\r\n")
 
     async def _reader(self, stream: trio.SocketStream, buf: bytearray) -> None:
-        subs, waiters, inbox_sid = self._subs, self._waiters, self._inbox_sid
+        subs, replies, inbox_sid = self._subs, self._replies, self._inbox_sid
         prefix_len = len(self._inbox_prefix)
         while True:
             # Parse every complete op in the buffer, then read more.
@@ -402,11 +391,9 @@ class TrioNatsBus:
                         payload = payload[hlen:]
                     pos = end + 2
                     if sid == inbox_sid:
-                        task = waiters.pop(int(subject[prefix_len:]), None)
-                        if task is not None:
-                            trio.lowlevel.reschedule(
-                                task, outcome.Value(InboundMsg(subject, reply, payload, headers))
-                            )
+                        replies.deliver(
+                            int(subject[prefix_len:]), InboundMsg(subject, reply, payload, headers)
+                        )
                     else:
                         sub = subs.get(sid)
                         if sub is not None:
@@ -446,9 +433,7 @@ class TrioNatsBus:
             with trio.move_on_after(2):
                 await self.flush()
         self._broken = BusError("the NATS connection is closed")
-        for task in self._waiters.values():
-            trio.lowlevel.reschedule(task, outcome.Error(self._broken))
-        self._waiters.clear()
+        self._replies.fail_all(self._broken)
         for sub in self._subs.values():
             sub._send.close()
         self._subs.clear()
