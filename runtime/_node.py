@@ -395,21 +395,25 @@ class Node:
         This is the raw path under ``send()``; the CLI uses it to send JSON payloads.
         """
         started = trio.current_time()
-        with trio.CancelScope(deadline=deadline) as scope:
-            try:
-                msg = await self._bus.request(subject, encode(env))
-            except AgentUnavailable:
-                agent_type = env.recipient.partition("/")[0]
-                raise AgentUnavailable(
-                    f"no node of cluster {self.config.cluster!r} serves agent type "
-                    f"{agent_type!r}; check the agents listed under [[nodes]] in agentrt.toml "
-                    "and whether those nodes are up (`agentrt status`)",
-                    recipient=env.recipient,
-                ) from None
-            except PayloadTooLarge as exc:
-                raise PayloadTooLarge(env.recipient, exc.size, exc.limit) from None
-        if scope.cancelled_caught:
-            raise DeadlineExceeded(env.recipient, deadline - started, trio.current_time() - started)
+        # The bus enforces our deadline only when it is tighter than the caller's own scope
+        # (which then governs, with the caller's own timeout exception).
+        ours = deadline if deadline < trio.current_effective_deadline() else math.inf
+        try:
+            msg = await self._bus.request(subject, encode(env), deadline=ours)
+        except trio.TooSlowError:
+            raise DeadlineExceeded(
+                env.recipient, deadline - started, trio.current_time() - started
+            ) from None
+        except AgentUnavailable:
+            agent_type = env.recipient.partition("/")[0]
+            raise AgentUnavailable(
+                f"no node of cluster {self.config.cluster!r} serves agent type "
+                f"{agent_type!r}; check the agents listed under [[nodes]] in agentrt.toml "
+                "and whether those nodes are up (`agentrt status`)",
+                recipient=env.recipient,
+            ) from None
+        except PayloadTooLarge as exc:
+            raise PayloadTooLarge(env.recipient, exc.size, exc.limit) from None
         reply = decode_envelope(msg.data)
         if reply.kind is Kind.ERROR:
             raise error_from_info(

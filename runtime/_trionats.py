@@ -20,6 +20,7 @@ from __future__ import annotations
 import itertools
 import json
 import logging
+import math
 import os
 from collections import deque
 from collections.abc import AsyncIterator, Sequence
@@ -142,18 +143,20 @@ class TrioNatsBus:
         await trio.lowlevel.checkpoint()
 
     async def request(
-        self, subject: str, data: bytes, *, headers: dict[str, str] | None = None
-    ) -> InboundMsg:
-        """Publish and wait for one reply, for as long as the caller's cancel scope allows.
+        self, subject: str, data: bytes, *, headers: dict[str, str] | None = None,
+        deadline: float = math.inf,
+    ) -> InboundMsg:  # fmt: skip
+        """Publish and wait for one reply, until ``deadline`` (trio time) or the caller's scope.
 
         Raises:
             AgentUnavailable: the server reports no subscriber on ``subject``.
             PayloadTooLarge: ``data`` exceeds the server's ``max_payload``.
             BusError: the connection was closed while waiting.
+            trio.TooSlowError: ``deadline`` passed.
         """
         req_id = self._replies.new_id()
         self.publish_nowait(subject, data, reply=f"{self._inbox_prefix}{req_id}", headers=headers)
-        return await self._replies.wait(req_id, subject)
+        return await self._replies.wait(req_id, subject, deadline)
 
     async def subscribe(
         self, subject: str, *, queue: str = "", capacity: int = 1024,
@@ -459,6 +462,7 @@ async def open_trio_bus(
     stream, buf = await bus._connect_first()
     async with trio.open_nursery() as nursery:
         await nursery.start(bus.run, stream, buf)
+        nursery.start_soon(bus._replies.expire_forever)
         try:
             yield bus
         finally:

@@ -7,6 +7,7 @@ transport: no threads, no server, virtual time. Integration tests use a real ``n
 from __future__ import annotations
 
 import itertools
+import math
 from collections import defaultdict
 
 import trio
@@ -69,8 +70,9 @@ class InMemoryTransport:
         return any(subject_matches(s.subject, subject) for s in self._subs)
 
     async def request(
-        self, subject: str, data: bytes, *, headers: dict[str, str] | None = None
-    ) -> InboundMsg:
+        self, subject: str, data: bytes, *, headers: dict[str, str] | None = None,
+        deadline: float = math.inf,
+    ) -> InboundMsg:  # fmt: skip
         if not self._has_interest(subject):
             await trio.lowlevel.checkpoint()
             raise AgentUnavailable(f"no subscriber on {subject}", recipient=subject)
@@ -79,7 +81,10 @@ class InMemoryTransport:
         self._inboxes[inbox] = send
         try:
             self.publish_nowait(subject, data, reply=inbox, headers=headers)
-            return await recv.receive()
+            with trio.move_on_at(deadline):
+                return await recv.receive()
+            raise trio.TooSlowError
+
         finally:
             self._inboxes.pop(inbox, None)
 
