@@ -7,11 +7,12 @@ with a traceback or an exception group.
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import signal
 import sys
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import click
@@ -161,84 +162,82 @@ def up(path: str | None, config: str | None, demo: bool, log_level: str) -> None
     cfg = _load(config or path)
     if demo and cfg.demo is None:
         _fail(ConfigError(cfg.path, "$.demo", "--demo needs a [demo] table with job = 'module:fn'"))
-    sup = Supervisor(cfg, log_level=log_level)
+    job = _demo if demo else _live
+    _run(functools.partial(_up, Supervisor(cfg, log_level=log_level), job))
+
+
+async def _up(sup: Supervisor, job: Callable[[Supervisor], Awaitable[int]]) -> int:
+    """Run the cluster while ``job`` runs; the first Ctrl-C/SIGTERM drains, a second forces."""
+    code = 0
 
     async def body(s: Supervisor) -> None:
-        if demo:
-            await _demo(s, cfg)
-        else:
-            await _live(s)
+        nonlocal code
+        code = await job(s)
 
-    async def run() -> int:
-        with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
-            async with trio.open_nursery() as nursery:
+    async def on_signals(signals: AsyncIterator[int]) -> None:
+        count = 0
+        async for _ in signals:
+            count += 1
+            if count > 1:
+                raise KeyboardInterrupt
+            err_console.print("agentrt: stopping the cluster (Ctrl-C again to force)")
+            sup.stop()
 
-                async def on_signals() -> None:
-                    count = 0
-                    async for _ in signals:
-                        count += 1
-                        if count == 1:
-                            err_console.print(
-                                "agentrt: stopping the cluster (Ctrl-C again to force)"
-                            )
-                            sup.stop()
-                        else:
-                            raise KeyboardInterrupt
+    with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(on_signals, signals)
+            await sup.run(body)
+            nursery.cancel_scope.cancel()
+    return code
 
-                nursery.start_soon(on_signals)
-                await sup.run(body)
-                nursery.cancel_scope.cancel()
-        return sup_exit[0]
 
-    sup_exit = [0]
-
-    async def _demo(s: Supervisor, cfg: ClusterConfig) -> None:
-        assert cfg.demo is not None and s.client is not None
-        names = ", ".join(np.name for np in s.procs)
-        console.print(f"agentrt: cluster [bold]{cfg.cluster.name}[/] up, nodes: {names}")
-        with trio.move_on_after(READY_WAIT_S) as scope:
-            await s.wait_ready()
-        if scope.cancelled_caught:
-            late = [np.name for np in s.procs if not np.ready.is_set()]
-            err_console.print(
-                f"agentrt: error: node(s) {', '.join(late)} did not become ready within "
-                f"{READY_WAIT_S:.0f}s; see {s.log_dir}/<node>.log"
-            )
-            sup_exit[0] = 1
-            return
-        job = resolve_callable(cfg, cfg.demo.job, cfg.path, "$.demo.job")
-        try:
-            with trio.fail_after(cfg.demo.timeout_s):
-                result = await job(s.client)
-        except trio.TooSlowError:
-            err_console.print(f"agentrt: error: demo job did not finish in {cfg.demo.timeout_s}s")
-            sup_exit[0] = 1
-            return
-        except AgentrtError as exc:
-            err_console.print(f"agentrt: error: demo job failed: {exc}", markup=False)
-            sup_exit[0] = 1
-            return
-        console.print("[bold]result:[/]")
-        if isinstance(result, str):
-            console.print(result, markup=False, highlight=False)
-        else:
-            console.print_json(msgspec.json.encode(result).decode())
-        console.print(render_status(s.cluster_status(), await s.node_statuses()))
-
-    async def _live(s: Supervisor) -> None:
-        from rich.live import Live
-
-        console.print(
-            f"agentrt: cluster [bold]{cfg.cluster.name}[/] starting; "
-            "Ctrl-C or `agentrt down` stops it"
+async def _demo(s: Supervisor) -> int:
+    """`up --demo`: wait for every node, run the [demo] job, print its result and the status."""
+    cfg = s.cfg
+    assert cfg.demo is not None and s.client is not None
+    names = ", ".join(np.name for np in s.procs)
+    console.print(f"agentrt: cluster [bold]{cfg.cluster.name}[/] up, nodes: {names}")
+    with trio.move_on_after(READY_WAIT_S) as scope:
+        await s.wait_ready()
+    if scope.cancelled_caught:
+        late = [np.name for np in s.procs if not np.ready.is_set()]
+        err_console.print(
+            f"agentrt: error: node(s) {', '.join(late)} did not become ready within "
+            f"{READY_WAIT_S:.0f}s; see {s.log_dir}/<node>.log"
         )
-        with Live(render_status(s.cluster_status(), []), console=console,
-                  refresh_per_second=4) as live:  # fmt: skip
-            while True:
-                live.update(render_status(s.cluster_status(), await s.node_statuses()))
-                await trio.sleep(1.0)
+        return 1
+    job = resolve_callable(cfg, cfg.demo.job, cfg.path, "$.demo.job")
+    try:
+        with trio.fail_after(cfg.demo.timeout_s):
+            result = await job(s.client)
+    except trio.TooSlowError:
+        err_console.print(f"agentrt: error: demo job did not finish in {cfg.demo.timeout_s}s")
+        return 1
+    except AgentrtError as exc:
+        err_console.print(f"agentrt: error: demo job failed: {exc}", markup=False)
+        return 1
+    console.print("[bold]result:[/]")
+    if isinstance(result, str):
+        console.print(result, markup=False, highlight=False)
+    else:
+        console.print_json(msgspec.json.encode(result).decode())
+    console.print(render_status(s.cluster_status(), await s.node_statuses()))
+    return 0
 
-    _run(run)
+
+async def _live(s: Supervisor) -> int:
+    """`up` without --demo: a live status table until the cluster is stopped (cancelled)."""
+    from rich.live import Live
+
+    console.print(
+        f"agentrt: cluster [bold]{s.cfg.cluster.name}[/] starting; "
+        "Ctrl-C or `agentrt down` stops it"
+    )
+    with Live(render_status(s.cluster_status(), []), console=console,
+              refresh_per_second=4) as live:  # fmt: skip
+        while True:
+            live.update(render_status(s.cluster_status(), await s.node_statuses()))
+            await trio.sleep(1.0)
 
 
 async def _with_client(cfg: ClusterConfig, fn: Callable[[Node], Awaitable[int]]) -> int:

@@ -17,7 +17,7 @@ import random
 import re
 import time
 import zlib
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from typing import Any, TypeVar, overload
 
@@ -110,6 +110,15 @@ def _new_trace_id() -> str:
 def partition_of(key: str, partitions: int) -> int:
     """The partition that owns ``key``: stable across processes (Python's ``hash`` is not)."""
     return zlib.crc32(key.encode()) % partitions if partitions > 1 else 0
+
+
+def _decode_payload(
+    env: Envelope, from_json: Callable[[bytes], Any], from_msgpack: Callable[[bytes], Any]
+) -> Any:
+    """Decode an envelope's payload by its content type (JSON from the CLI, else msgpack)."""
+    if env.content_type is ContentType.JSON:
+        return from_json(env.payload)
+    return from_msgpack(env.payload)
 
 
 def _gate_info(err: GateError) -> ErrorInfo:
@@ -433,9 +442,7 @@ class Node:
                 recipient=recipient,
             )
         try:
-            if reply.content_type is ContentType.JSON:
-                return codec.json.decode(reply.payload)  # type: ignore[no-any-return]
-            return codec.msgpack.decode(reply.payload)  # type: ignore[no-any-return]
+            return _decode_payload(reply, codec.json.decode, codec.msgpack.decode)  # type: ignore[no-any-return]
         except msgspec.DecodeError as exc:
             raise MalformedMessage(
                 f"reply of type {reply.type!r} does not decode: {exc}", recipient=recipient
@@ -524,10 +531,7 @@ class Node:
             self._reject(m, ErrorCode.MALFORMED, str(exc), None)
             return
         try:
-            if env.content_type is ContentType.JSON:
-                args = msgspec.json.decode(env.payload)
-            else:
-                args = msgspec.msgpack.decode(env.payload)
+            args = _decode_payload(env, msgspec.json.decode, msgspec.msgpack.decode)
         except msgspec.DecodeError as exc:
             self._reject(m, ErrorCode.MALFORMED, f"tool arguments do not decode: {exc}", env)
             return
@@ -611,10 +615,7 @@ class Node:
             )  # fmt: skip
             return None
         try:
-            if env.content_type is ContentType.JSON:
-                msg = codec.json.decode(env.payload)
-            else:
-                msg = codec.msgpack.decode(env.payload)
+            msg = _decode_payload(env, codec.json.decode, codec.msgpack.decode)
         except msgspec.DecodeError as exc:
             self._reject(
                 m, ErrorCode.MALFORMED,

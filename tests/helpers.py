@@ -107,16 +107,5 @@ class Listener(agentrt.Agent):
         return SeenReply(events=self.events, node=self.node_name)
 
 
-class Auditor(agentrt.Agent):
-    """A second agent type on the same topic: pub/sub fans out to every type."""
-
-    topics = ("news",)
-
-    async def on_start(self) -> None:
-        self.events: list[int] = []
-
-    async def on_event(self, msg: Event) -> None:
-        self.events.append(msg.n)
-
-    async def on_seen(self, msg: Seen) -> SeenReply:
-        return SeenReply(events=self.events, node=self.node_name)
+class Auditor(Listener):
+    """A second agent type on the same topic (same handlers, its own type name)."""
