@@ -7,6 +7,8 @@ drains: no new messages, queued ones finished, exit 0.
 
 from __future__ import annotations
 
+__all__ = ["main"]
+
 import logging
 import os
 import signal
