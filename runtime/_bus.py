@@ -234,6 +234,8 @@ class Transport(Protocol):
 
     async def flush(self) -> None: ...
 
+    async def wait_reconnected(self) -> None: ...
+
 
 _Op = tuple[Any, ...]
 
@@ -263,6 +265,7 @@ class NatsBus:
         self._sids = itertools.count(1)
         self._broken: BusError | None = None
         self._closing = False
+        self._reconnected = trio.Event()
 
     # ---------------------------------------------------------------- trio -> asyncio
 
@@ -357,6 +360,10 @@ class NatsBus:
         """Wait until the server has processed everything published so far."""
         await self._call(self._a_flush)
 
+    async def wait_reconnected(self) -> None:
+        """Return after nats-py's next reconnection (see ``TrioNatsBus.wait_reconnected``)."""
+        await self._reconnected.wait()
+
     async def _call(self, fn: Callable[..., Coroutine[Any, Any, Any]], *args: Any) -> Any:
         """Run a control coroutine on the asyncio side and wait for its result.
 
@@ -404,6 +411,9 @@ class NatsBus:
                     self._out_drained = None
             elif kind == "broken":
                 self._break(op[1])
+            elif kind == "reconnected":
+                event, self._reconnected = self._reconnected, trio.Event()
+                event.set()
 
     def _break(self, error: BusError) -> None:
         if self._broken is not None:
@@ -450,11 +460,15 @@ class NatsBus:
             if not last_error or "Authorization" not in str(last_error[0]):
                 last_error[:] = [exc]  # keep the most telling error: auth beats a reset
 
+        async def on_reconnected() -> None:
+            self._push_in(("reconnected",))
+
         connecting = asyncio.ensure_future(
             nc.connect(
                 servers=list(servers),
                 closed_cb=on_closed,
                 error_cb=on_error,
+                reconnected_cb=on_reconnected,
                 allow_reconnect=True,
                 **options,
             )

@@ -771,10 +771,8 @@ class Node:
                     # Ready only once this node's tools are visible cluster-wide and every
                     # published spec is known here.
                     bucket = ToolBucket(self._bus, self.config.cluster, self.registry)
-                    if await bucket.ensure():
-                        for t in self._tools.values():
-                            await bucket.put(t.spec)
-                        await bucket.follow()
+                    specs = [t.spec for t in self._tools.values()]
+                    await actors.start(bucket.share, specs)  # cancelled with the actors
                 for name in ("status", "drain") if self._control else ():
                     sub = await self._bus.subscribe(self.subjects.ctl(name), capacity=64)
                     subs.append(sub)

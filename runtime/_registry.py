@@ -22,7 +22,7 @@ from typing import Any
 import msgspec
 import trio
 
-from ._bus import InboundMsg, Transport
+from ._bus import InboundMsg, Subscription, Transport
 from ._envelope import new_id
 from ._errors import AgentUnavailable, BusError, SchemaError
 from ._tools import ToolRegistry, ToolSpec
@@ -48,6 +48,7 @@ class ToolBucket:
         self.seen = 0
         self._replayed = trio.Event()
         self._replay_size: int | None = None
+        self._subscription: Subscription | None = None
 
     async def _api(self, subject: str, body: dict[str, Any]) -> dict[str, Any]:
         with trio.fail_after(_API_TIMEOUT_S):
@@ -85,6 +86,33 @@ class ToolBucket:
             raise BusError(f"JetStream refused the tool bucket {self.bucket}: {error}")
         return True
 
+    async def share(
+        self,
+        specs: list[ToolSpec],
+        *,
+        task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
+    ) -> None:
+        """Create the bucket if needed, put ``specs`` and follow it; again after reconnects.
+
+        ``task_status.started()`` comes once the first replay is registered. The consumer is
+        ephemeral server-side state: a restarted server forgets it (and, with memory storage,
+        the bucket), so every reconnection rebuilds both.
+        """
+        if await self.ensure():
+            for spec in specs:
+                await self.put(spec)
+            await self.follow()
+        task_status.started()
+        while self.available:
+            await self._bus.wait_reconnected()
+            try:
+                if await self.ensure():
+                    for spec in specs:
+                        await self.put(spec)
+                    await self.follow()
+            except (BusError, AgentUnavailable, trio.TooSlowError) as exc:
+                log.warning("could not follow the tool bucket again after reconnecting: %s", exc)
+
     async def put(self, spec: ToolSpec) -> None:
         """Publish a tool's spec (replacing the previous one).
 
@@ -120,8 +148,11 @@ class ToolBucket:
         """
         if not self.available:
             return 0
+        if self._subscription is not None:  # following again, after a reconnection
+            await self._subscription.unsubscribe()
+        self.seen, self._replay_size, self._replayed = 0, None, trio.Event()
         inbox = f"_INBOX.{new_id()}"
-        await self._bus.subscribe(inbox, handler=self._on_update)
+        self._subscription = await self._bus.subscribe(inbox, handler=self._on_update)
         consumer = {
             "stream_name": self.stream,
             "config": {

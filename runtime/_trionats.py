@@ -101,6 +101,8 @@ class TrioNatsBus:
         self._inbox_sid = 0
         self._replies = ReplyWaiters()
         self._connected = trio.Event()
+        self._reconnected = trio.Event()
+        self._connections = 0
         self._closed = False
         self._broken: BusError | None = None
 
@@ -185,6 +187,14 @@ class TrioNatsBus:
         if self._broken is None and not self._closed:
             self._write(f"UNSUB {sub._sid}\r\n".encode())
             await self.flush()
+
+    async def wait_reconnected(self) -> None:
+        """Return after the next reconnection (subscriptions are already restored by then).
+
+        Server-side state that is not a subscription (a JetStream consumer, say) may be gone:
+        this is the hook to rebuild it.
+        """
+        await self._reconnected.wait()
 
     async def flush(self) -> None:
         """Wait until the server has processed everything written so far (PING/PONG)."""
@@ -320,6 +330,10 @@ class TrioNatsBus:
 
     async def _serve_connection(self, stream: trio.SocketStream, buf: bytearray) -> None:
         self._stream = stream
+        self._connections += 1
+        if self._connections > 1:
+            event, self._reconnected = self._reconnected, trio.Event()
+            event.set()
         # Subscriptions first, then everything published while we were away.
         resub = b"".join(self._sub_lines.values())
         self._out[:0] = resub

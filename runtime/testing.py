@@ -105,3 +105,6 @@ class InMemoryTransport:
 
     async def flush(self) -> None:
         await trio.lowlevel.checkpoint()
+
+    async def wait_reconnected(self) -> None:
+        await trio.sleep_forever()  # memory never disconnects

@@ -327,3 +327,38 @@ async def test_tool_specs_are_shared_through_jetstream(nats_url: str, cluster_na
             async with open_node(cfg("late"), tools=[square]):
                 await client.registry.wait_for("late.square")  # pushed by the bucket
                 assert await client.call_tool("late.square", {"x": 7}) == 49
+
+
+@tool(name="late.cube")
+def cube(x: int) -> int:
+    """Cube x."""
+    return x**3
+
+
+async def test_tool_bucket_is_followed_again_after_a_server_restart(tmp_path: Any) -> None:
+    from agentrt._natsserver import NatsServer
+
+    server = NatsServer(tmp_path / "js", name="restart-js")  # JetStream, stored on disk
+    await trio.to_thread.run_sync(server.start)
+    try:
+        cfg = NodeConfig(cluster="restarts", name="c", servers=(server.url,))
+        reconnected = trio.Event()
+        async with open_client(cfg) as client, trio.open_nursery() as nursery:
+
+            async def watch() -> None:
+                await client.bus.wait_reconnected()
+                reconnected.set()
+
+            nursery.start_soon(watch)  # parks before the server is back: no reconnect missed
+            server.kill()
+            restarted = NatsServer(tmp_path / "js", name="restart-js", port=server.port)
+            await trio.to_thread.run_sync(restarted.start)
+            server = restarted
+            with trio.fail_after(20):
+                await reconnected.wait()  # the client is back (and follows the bucket again)
+                late = NodeConfig(cluster="restarts", name="late", servers=(server.url,))
+                async with open_node(late, tools=[cube]):
+                    await client.registry.wait_for("late.cube")
+                    assert await client.call_tool("late.cube", {"x": 3}) == 27
+    finally:
+        server.stop()
