@@ -30,6 +30,8 @@ from ._errors import NatsServerError as NatsServerError
 from ._errors import NoHandler as NoHandler
 from ._errors import Overloaded as Overloaded
 from ._errors import PayloadTooLarge as PayloadTooLarge
+from ._errors import PermissionViolation as PermissionViolation
+from ._errors import PolicyDenied as PolicyDenied
 from ._errors import RemoteError as RemoteError
 from ._errors import SchemaError as SchemaError
 from ._errors import UnexpectedReply as UnexpectedReply
@@ -80,6 +82,8 @@ __all__ = [
     "Outcome",
     "Overloaded",
     "PayloadTooLarge",
+    "PermissionViolation",
+    "PolicyDenied",
     "RemoteError",
     "RestartPolicy",
     "SchemaError",

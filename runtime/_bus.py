@@ -96,7 +96,7 @@ class ReplyWaiters:
 
     def __init__(self) -> None:
         self._ids = itertools.count(1)
-        self._tasks: dict[int, tuple[trio.lowlevel.Task, float]] = {}
+        self._tasks: dict[int, tuple[trio.lowlevel.Task, float, str]] = {}
         self._next = math.inf
         self._sleeper: trio.CancelScope | None = None
 
@@ -110,7 +110,7 @@ class ReplyWaiters:
             AgentUnavailable: the reply is NATS's "no responders" status for ``subject``.
             trio.TooSlowError: ``deadline`` (trio time) passed first.
         """
-        self._tasks[req_id] = (trio.lowlevel.current_task(), deadline)
+        self._tasks[req_id] = (trio.lowlevel.current_task(), deadline, subject)
         if deadline < self._next:
             self._next = deadline
             if self._sleeper is not None:
@@ -132,16 +132,23 @@ class ReplyWaiters:
             trio.lowlevel.reschedule(waiting[0], outcome.Value(msg))
 
     def fail_all(self, error: BaseException) -> None:
-        for task, _ in self._tasks.values():
+        for task, _, _ in self._tasks.values():
             trio.lowlevel.reschedule(task, outcome.Error(error))
         self._tasks.clear()
+
+    def fail_subject(self, subject: str, error: BaseException) -> None:
+        """Fail the requests sent to ``subject`` (the server refused to deliver them)."""
+        for req_id, (task, _, sent_to) in list(self._tasks.items()):
+            if sent_to == subject:
+                del self._tasks[req_id]
+                trio.lowlevel.reschedule(task, outcome.Error(error))
 
     async def expire_forever(self) -> None:
         """Fail requests whose deadline passed with ``trio.TooSlowError``; runs until cancelled."""
         while True:
             now = trio.current_time()
             nearest = math.inf
-            for req_id, (task, deadline) in list(self._tasks.items()):
+            for req_id, (task, deadline, _) in list(self._tasks.items()):
                 if deadline <= now:
                     del self._tasks[req_id]
                     trio.lowlevel.reschedule(task, outcome.Error(trio.TooSlowError()))

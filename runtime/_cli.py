@@ -386,6 +386,25 @@ def tools_call(name: str, arguments: str, config: str | None, timeout: float) ->
     _run(run)
 
 
+@main.group()
+def policy() -> None:
+    """Node policies: check a policy file and print its effective rules."""
+
+
+@policy.command("check")
+@click.argument("file", type=click.Path(dir_okay=False))
+def policy_check(file: str) -> None:
+    """Validate policy FILE and print the rules it really applies (default deny included)."""
+    from agentrt.sandbox import load_policy
+
+    try:
+        loaded = load_policy(file)
+    except AgentrtError as exc:
+        _fail(exc)
+        return
+    console.print("\n".join(loaded.effective()), markup=False, highlight=False)
+
+
 @main.command()
 @click.argument("path", required=False)
 @_config_option

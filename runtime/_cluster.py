@@ -22,7 +22,14 @@ from pathlib import Path
 import msgspec
 import trio
 
-from ._config import ClusterConfig, partitions, tool_registry
+from ._config import (
+    ClusterConfig,
+    load_node_policy,
+    partitions,
+    resolve_agents,
+    resolve_tools,
+    tool_registry,
+)
 from ._control import NodeStatus
 from ._envelope import encode
 from ._errors import ClusterNotRunning
@@ -36,6 +43,7 @@ __all__ = [
     "Supervisor",
     "gather_node_statuses",
     "node_config_from_state",
+    "node_users",
     "read_state",
     "state_path",
 ]
@@ -153,6 +161,7 @@ class Supervisor:
         self._stopping = trio.Event()
         self._down_replies: list[str] = []
         self._changed = trio.Event()
+        self._node_users: dict[str, NatsUser] = {}
         self.client: Node | None = None
 
     def _notify(self) -> None:
@@ -199,9 +208,11 @@ class Supervisor:
                 user=nats.user, password=nats.password, supervisor_pid=os.getpid(),
             )  # fmt: skip
         user = NatsUser.generate("agentrt")
+        self._node_users = node_users(self.cfg)
         self.nats = NatsServer(
-            store_dir=self.state_dir / "nats", users=(user,), name=self.cfg.cluster.name
-        )
+            store_dir=self.state_dir / "nats", users=(user, *self._node_users.values()),
+            name=self.cfg.cluster.name,
+        )  # fmt: skip
         await trio.to_thread.run_sync(self.nats.start)
         return ClusterState(
             cluster=self.cfg.cluster.name, servers=[self.nats.url], user=user.user,
@@ -218,12 +229,15 @@ class Supervisor:
 
     # ------------------------------------------------------------------ node processes
 
-    def _node_env(self, state: ClusterState) -> dict[str, str]:
+    def _node_env(self, state: ClusterState, section: str) -> dict[str, str]:
+        # A node with a policy connects as its own NATS user, whose permissions come from that
+        # policy; the others (and the supervisor and CLI) use the cluster's admin user.
+        own = self._node_users.get(section)
         env = dict(os.environ)
         env.update(
             AGENTRT_NATS_SERVERS=",".join(state.servers),
-            AGENTRT_NATS_USER=state.user,
-            AGENTRT_NATS_PASSWORD=state.password,
+            AGENTRT_NATS_USER=own.user if own else state.user,
+            AGENTRT_NATS_PASSWORD=own.password if own else state.password,
             AGENTRT_LOG_LEVEL=self.log_level,
             PYTHONUNBUFFERED="1",
         )
@@ -364,7 +378,6 @@ class Supervisor:
             self.state = await self._start_nats()
             self.state.nodes = [np.name for np in self.procs]
             self._write_state(self.state)
-            env = self._node_env(self.state)
             client_cfg = node_config_from_state(self.cfg, self.state, "supervisor")
             async with open_client(client_cfg, registry=tool_registry(self.cfg)) as client:
                 self.client = client
@@ -372,6 +385,7 @@ class Supervisor:
                     await nursery.start(self._serve_control, client)
                     async with trio.open_nursery() as nodes:
                         for np in self.procs:
+                            env = self._node_env(self.state, np.section)
                             nodes.start_soon(self._supervise, np, env, name=f"node {np.name}")
                         task_status.started()
                         async with trio.open_nursery() as body_scope:
@@ -397,6 +411,33 @@ class Supervisor:
             await body(self)
         finally:
             self.stop()
+
+
+def node_users(cfg: ClusterConfig) -> dict[str, NatsUser]:
+    """One NATS user per ``[[nodes]]`` entry that has a policy, with permissions from it.
+
+    Raises:
+        ConfigError: a policy file is invalid.
+    """
+    from agentrt.sandbox import nats_permissions
+
+    known = [t.name for t in tool_registry(cfg)]
+    users: dict[str, NatsUser] = {}
+    for node in cfg.nodes:
+        policy = load_node_policy(cfg, node.name)
+        if policy is None:
+            continue
+        agents = [(a.agent_type, a.topics) for a in resolve_agents(cfg, node.name)]
+        hosted = [t.name for t in resolve_tools(cfg, node.name)]
+        publish, subscribe = nats_permissions(
+            policy, cluster=cfg.cluster.name, agents=agents, hosted_tools=hosted,
+            known_tools=known,
+        )  # fmt: skip
+        user = NatsUser.generate(f"node-{node.name}")
+        users[node.name] = NatsUser(
+            user.user, user.password, tuple(publish), tuple(subscribe), allow_responses=True
+        )
+    return users
 
 
 async def gather_node_statuses(

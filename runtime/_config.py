@@ -13,12 +13,15 @@ import math
 import re
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import msgspec
 
 from ._agent import Agent
 from ._errors import ConfigError
+
+if TYPE_CHECKING:
+    from agentrt.sandbox import Policy
 from ._tools import Tool, ToolRegistry
 
 __all__ = [
@@ -28,6 +31,7 @@ __all__ = [
     "NatsSection",
     "NodeSection",
     "load_config",
+    "load_node_policy",
     "owned_partitions",
     "partitions",
     "resolve_agents",
@@ -178,11 +182,13 @@ def _check(cfg: ClusterConfig, shown: str) -> None:
             raise ConfigError(
                 shown, f"{where}.replicas", f"must be between 1 and 64, got {node.replicas}"
             )
-        if node.policy and not (cfg.directory / node.policy).is_file():
-            raise ConfigError(
-                shown, f"{where}.policy",
-                f"policy file {node.policy!r} not found (relative to {cfg.directory})",
-            )  # fmt: skip
+        if node.policy:
+            if not (cfg.directory / node.policy).is_file():
+                raise ConfigError(
+                    shown, f"{where}.policy",
+                    f"policy file {node.policy!r} not found (relative to {cfg.directory})",
+                )  # fmt: skip
+            load_node_policy(cfg, node.name)  # its own ConfigError names the policy file
         if not node.agents and not node.tools:
             raise ConfigError(
                 shown, f"{where}.agents",
@@ -309,6 +315,20 @@ def owned_partitions(cfg: ClusterConfig, node_name: str, replica: int) -> dict[s
             return {t: offsets.get(t, 0) + replica for t in types}
         for t in types:
             offsets[t] = offsets.get(t, 0) + node.replicas
+    raise ConfigError(cfg.path, "$.nodes", f"no node named {node_name!r}")
+
+
+def load_node_policy(cfg: ClusterConfig, node_name: str) -> Policy | None:
+    """The policy of one ``[[nodes]]`` entry, or None if it declares none (unrestricted).
+
+    Raises:
+        ConfigError: the policy file is invalid (the error names that file and key).
+    """
+    from agentrt.sandbox import load_policy
+
+    for node in cfg.nodes:
+        if node.name == node_name:
+            return load_policy(cfg.directory / node.policy) if node.policy else None
     raise ConfigError(cfg.path, "$.nodes", f"no node named {node_name!r}")
 
 

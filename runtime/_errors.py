@@ -6,8 +6,10 @@ AgentrtError
 ├── SchemaError                  a tool's JSON Schema is refused at registration
 ├── GateError                    a tool call or result failed the gate: every violation listed
 ├── AgentDefinitionError         an Agent class or message type is malformed (raised at import)
+├── PolicyDenied                 the node's policy does not allow an action (audited)
 ├── BusError                     the NATS connection failed or closed (cause chained)
-│   └── NatsServerError          the embedded nats-server could not start
+│   ├── NatsServerError          the embedded nats-server could not start
+│   └── PermissionViolation      nats-server refused a publish/subscribe (broker-side policy)
 ├── DeliveryError                a message did not produce a reply
 │   ├── DeadlineExceeded         (also TimeoutError) no reply before the deadline
 │   ├── AgentUnavailable         nobody serves that agent type (no responders) or it is failing
@@ -49,6 +51,8 @@ __all__ = [
     "NoHandler",
     "Overloaded",
     "PayloadTooLarge",
+    "PermissionViolation",
+    "PolicyDenied",
     "RemoteError",
     "SchemaError",
     "UnexpectedReply",
@@ -142,8 +146,43 @@ class AgentDefinitionError(AgentrtError, TypeError):
     """An agent class or message type cannot work as written; raised when the class is defined."""
 
 
+class PolicyDenied(AgentrtError):
+    """The node's policy does not allow this; nothing was done, and the denial was audited.
+
+    Attributes:
+        action: what was attempted (``call tool``).
+        target: what it was attempted on (the tool name).
+        rule: the rule that decided (``tools.deny[0] = 'shell.*'``, or no allow matched).
+        policy: the policy file.
+    """
+
+    def __init__(self, action: str, target: str, rule: str, policy: str) -> None:
+        self.action, self.target, self.rule, self.policy = action, target, rule, policy
+        super().__init__(
+            f"policy {policy} does not allow {action} {target!r} ({rule}); "
+            "change the node's policy file if this node should be allowed to"
+        )
+
+
 class BusError(AgentrtError):
     """The NATS connection failed, closed, or refused an operation. The cause is chained."""
+
+
+class PermissionViolation(BusError):
+    """nats-server refused a publish or subscribe: the node's NATS user may not use the subject.
+
+    This is the broker enforcing the node's policy, independently of the node's own checks.
+
+    Attributes:
+        subject: the subject that was refused.
+    """
+
+    def __init__(self, operation: str, subject: str) -> None:
+        self.operation, self.subject = operation, subject
+        super().__init__(
+            f"nats-server refused to {operation} {subject!r}: this node's NATS user has no "
+            "permission for it (its policy file decides which subjects it may use)"
+        )
 
 
 class NatsServerError(BusError):

@@ -58,6 +58,7 @@ class NatsUser:
     password: str
     publish: tuple[str, ...] | None = None
     subscribe: tuple[str, ...] | None = None
+    allow_responses: bool = False  # may answer requests it received, whatever their reply subject
 
     @classmethod
     def generate(cls, user: str) -> NatsUser:
@@ -119,7 +120,8 @@ class NatsServer:
                 if u.publish is not None or u.subscribe is not None:
                     pub = ", ".join(_quote(s) for s in (u.publish or ()))
                     sub = ", ".join(_quote(s) for s in (u.subscribe or ()))
-                    perms = f", permissions: {{ publish: [{pub}], subscribe: [{sub}] }}"
+                    responses = ", allow_responses: true" if u.allow_responses else ""
+                    perms = f", permissions: {{ publish: [{pub}], subscribe: [{sub}]{responses} }}"
                 entries.append(
                     f"  {{ user: {_quote(u.user)}, password: {_quote(u.password)}{perms} }}"
                 )

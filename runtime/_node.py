@@ -19,7 +19,7 @@ import time
 import zlib
 from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
-from typing import Any, TypeVar, overload
+from typing import Any, Protocol, TypeVar, overload
 
 import msgspec
 import outcome
@@ -60,7 +60,15 @@ from ._messages import lookup_message, message_tag
 from ._registry import ToolBucket
 from ._tools import Tool, ToolRegistry
 
-__all__ = ["Node", "NodeConfig", "Subjects", "open_client", "open_node", "partition_of"]
+__all__ = [
+    "Node",
+    "NodeConfig",
+    "Subjects",
+    "ToolPolicy",
+    "open_client",
+    "open_node",
+    "partition_of",
+]
 
 log = logging.getLogger("agentrt.node")
 
@@ -126,6 +134,13 @@ def _gate_info(err: GateError) -> ErrorInfo:
         code=ErrorCode.GATE_REJECTED, message=str(err), remote_type="GateError",
         agent_id=err.tool, stage=err.stage, violations=err.violations,
     )  # fmt: skip
+
+
+class ToolPolicy(Protocol):
+    """What a node needs of its policy (``agentrt.sandbox.Policy`` implements it)."""
+
+    def check_tool(self, tool: str, *, node: str) -> None:
+        """Return if ``node`` may call ``tool``; raise ``PolicyDenied`` (and audit) if not."""
 
 
 class Subjects:
@@ -280,8 +295,10 @@ class Node:
     def __init__(
         self, config: NodeConfig, agents: Sequence[type[Agent]], bus: Transport, *,
         control: bool = True, tools: Sequence[Tool] = (), registry: ToolRegistry | None = None,
+        policy: ToolPolicy | None = None,
     ) -> None:  # fmt: skip
         self.config, self._bus, self._control = config, bus, control
+        self.policy = policy
         self.registry = registry if registry is not None else ToolRegistry()
         for t in tools:
             if t.func is None:
@@ -472,9 +489,12 @@ class Node:
         ``args`` may be a mapping or a model's raw text (fenced, sloppy JSON is repaired).
 
         Raises:
+            PolicyDenied: this node's policy does not allow the tool (audited).
             GateError: the call (or the result) is invalid; an invalid call never runs.
             DeliveryError: the tool's node failed, timed out or is not there.
         """
+        if self.policy is not None:
+            self.policy.check_tool(name, node=self.name)
         try:
             checked = self.gate.check_call(name, args)
             result = await self._execute_tool(name, checked.args, sender=sender)
@@ -494,6 +514,8 @@ class Node:
         Raises:
             GateError: every rung failed and the tool's fallback is ``fail``.
         """
+        if self.policy is not None:
+            self.policy.check_tool(name, node=self.name)
         return await self.gate.call(
             name, model, functools.partial(self._execute_tool, name, sender=sender),
             escalate=escalate,
@@ -805,6 +827,7 @@ class Node:
 async def open_node(
     config: NodeConfig, agents: Sequence[type[Agent]] = (), *, bus: Transport | None = None,
     control: bool = True, tools: Sequence[Tool] = (), registry: ToolRegistry | None = None,
+    policy: ToolPolicy | None = None,
 ) -> AsyncIterator[Node]:  # fmt: skip
     """Connect to NATS, serve ``agents``, and drain them when the block exits.
 
@@ -813,7 +836,7 @@ async def open_node(
         AgentDefinitionError: two agent classes share a type name.
     """
     if bus is not None:
-        async with _serving(config, agents, bus, control, tools, registry) as node:
+        async with _serving(config, agents, bus, control, tools, registry, policy) as node:
             yield node
         return
     async with (
@@ -821,7 +844,7 @@ async def open_node(
             config.servers, name=f"agentrt:{config.cluster}:{config.name}", user=config.user,
             password=config.password,
         ) as nats_bus,
-        _serving(config, agents, nats_bus, control, tools, registry) as node,
+        _serving(config, agents, nats_bus, control, tools, registry, policy) as node,
     ):  # fmt: skip
         yield node
 
@@ -829,9 +852,9 @@ async def open_node(
 @asynccontextmanager
 async def _serving(
     config: NodeConfig, agents: Sequence[type[Agent]], bus: Transport, control: bool,
-    tools: Sequence[Tool], registry: ToolRegistry | None,
+    tools: Sequence[Tool], registry: ToolRegistry | None, policy: ToolPolicy | None,
 ) -> AsyncIterator[Node]:  # fmt: skip
-    node = Node(config, agents, bus, control=control, tools=tools, registry=registry)
+    node = Node(config, agents, bus, control=control, tools=tools, registry=registry, policy=policy)
     async with trio.open_nursery() as nursery:
         await nursery.start(node.serve)
         try:
@@ -841,10 +864,10 @@ async def _serving(
 
 
 def open_client(
-    config: NodeConfig, *, registry: ToolRegistry | None = None
+    config: NodeConfig, *, registry: ToolRegistry | None = None, policy: ToolPolicy | None = None
 ) -> AbstractAsyncContextManager[Node]:
     """A node with no agents: for programs and scripts that only send and publish.
 
     Clients do not answer ``ctl.status``, so ``agentrt status`` lists only real nodes.
     """
-    return open_node(config, (), control=False, registry=registry)
+    return open_node(config, (), control=False, registry=registry, policy=policy)

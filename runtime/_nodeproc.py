@@ -18,6 +18,7 @@ import trio
 
 from ._config import (
     load_config,
+    load_node_policy,
     owned_partitions,
     partitions,
     resolve_agents,
@@ -39,6 +40,7 @@ async def main(config_path: str, section: str, replica: int, name: str) -> None:
     cfg = load_config(config_path)
     agents = resolve_agents(cfg, section)
     tools = resolve_tools(cfg, section)
+    policy = load_node_policy(cfg, section)
     user = os.environ.get("AGENTRT_NATS_USER") or None
     node_cfg = NodeConfig(
         cluster=cfg.cluster.name, name=name,
@@ -51,7 +53,9 @@ async def main(config_path: str, section: str, replica: int, name: str) -> None:
     stop = trio.Event()
     with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
         async with (
-            open_node(node_cfg, agents, tools=tools, registry=tool_registry(cfg)) as node,
+            open_node(
+                node_cfg, agents, tools=tools, registry=tool_registry(cfg), policy=policy
+            ) as node,
             trio.open_nursery() as nursery,
         ):
 

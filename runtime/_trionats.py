@@ -22,6 +22,7 @@ import json
 import logging
 import math
 import os
+import re
 from collections import deque
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
@@ -31,7 +32,7 @@ from urllib.parse import urlsplit
 import trio
 
 from ._bus import InboundMsg, MessageHandler, OverflowHandler, ReplyWaiters, Subscription
-from ._errors import BusError, PayloadTooLarge
+from ._errors import BusError, PayloadTooLarge, PermissionViolation
 
 __all__ = ["TrioNatsBus", "open_trio_bus"]
 
@@ -48,6 +49,7 @@ class _Disconnected(Exception):
     pass
 
 
+_VIOLATION_RE = re.compile(r'Permissions Violation for (Publish|Subscription) to "([^"]+)"')
 _CONNECTION_LOST = (_Disconnected, trio.BrokenResourceError, trio.ClosedResourceError, OSError)
 _WARN_AFTER_S = 5.0
 
@@ -439,8 +441,14 @@ class TrioNatsBus:
 
     def _on_error(self, message: str) -> None:
         if "Permissions Violation" in message:
-            # The server refused one publish or subscribe; the connection stays up.
+            # The server refused one publish or subscribe; the connection stays up. A refused
+            # request would otherwise wait for its deadline: fail it now, with the reason.
             log.error("NATS: %s", message)
+            m = _VIOLATION_RE.search(message)
+            if m is not None and m.group(1) == "Publish":
+                self._replies.fail_subject(
+                    m.group(2), PermissionViolation("publish to", m.group(2))
+                )
             return
         log.warning("NATS: server error: %s", message)
 

@@ -1,8 +1,28 @@
-"""Sandbox policies and wasmtime transforms (``agentrt.sandbox``).
-
-Empty for now: see the open issue on per-node sandbox policies.
+"""Sandbox policies (``agentrt.sandbox``): what each node may do, enforced in the node and by
+the broker. File operations and wasmtime transforms land here next (see the open issue).
 """
 
 from __future__ import annotations
 
-__all__: list[str] = []
+from agentrt import PolicyDenied as PolicyDenied
+
+from ._permissions import nats_permissions as nats_permissions
+from ._policy import FileRoot as FileRoot
+from ._policy import FileRules as FileRules
+from ._policy import NetworkRules as NetworkRules
+from ._policy import Policy as Policy
+from ._policy import ToolRules as ToolRules
+from ._policy import TransformRules as TransformRules
+from ._policy import load_policy as load_policy
+
+__all__ = [
+    "FileRoot",
+    "FileRules",
+    "NetworkRules",
+    "Policy",
+    "PolicyDenied",
+    "ToolRules",
+    "TransformRules",
+    "load_policy",
+    "nats_permissions",
+]

@@ -1,0 +1,51 @@
+"""A node's NATS permissions, derived from its policy: the broker half of the enforcement.
+
+nats-server checks every publish and subscribe against the connection's user. Each node kind
+gets its own user whose permissions allow only what its agents, tools and policy need, so a
+node that ignores its own checks (a bug, a compromised process) still cannot publish to a tool
+subject its policy denies: the server refuses it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+from ._policy import Policy
+
+__all__ = ["nats_permissions"]
+
+
+def nats_permissions(
+    policy: Policy | None, *, cluster: str, agents: Iterable[tuple[str, tuple[str, ...]]],
+    hosted_tools: Iterable[str], known_tools: Iterable[str],
+) -> tuple[list[str], list[str]]:  # fmt: skip
+    """(publish, subscribe) subject lists for one node kind.
+
+    Args:
+        policy: the node's policy; ``None`` means no tool restriction.
+        cluster: the cluster name (every subject is under ``agentrt.<cluster>``).
+        agents: (agent type, topics) hosted by the node.
+        hosted_tools: tools the node runs.
+        known_tools: every tool of the cluster: allow globs are expanded against these, so the
+            server gets exact subjects (tools registered later need a policy update).
+    """
+    root = f"agentrt.{cluster}"
+    bucket = f"agentrt_tools_{cluster}"
+    known = sorted(set(known_tools))
+    callable_tools = known if policy is None else policy.allowed_tools(known)
+    publish = [
+        f"{root}.agent.>",  # requests to any agent (and topic events forwarded to a key's owner)
+        f"{root}.topic.>",
+        f"{root}.ctl.ready",
+        *(f"{root}.tool.{t}" for t in callable_tools),
+        f"$JS.API.STREAM.CREATE.KV_{bucket}",
+        f"$JS.API.CONSUMER.CREATE.KV_{bucket}",
+        f"$JS.API.CONSUMER.CREATE.KV_{bucket}.>",
+        *(f"$KV.{bucket}.{t}" for t in sorted(set(hosted_tools))),  # only its own specs
+    ]
+    subscribe = ["_INBOX.>", f"{root}.ctl.status", f"{root}.ctl.drain"]
+    for agent_type, topics in agents:
+        subscribe.append(f"{root}.agent.{agent_type}.>")
+        subscribe += [f"{root}.topic.{t}" for t in topics]
+    subscribe += [f"{root}.tool.{t}" for t in sorted(set(hosted_tools))]
+    return publish, subscribe
