@@ -6,6 +6,8 @@ from __future__ import annotations
 
 from agentrt import PolicyDenied as PolicyDenied
 
+from ._files import FileAccess as FileAccess
+from ._files import detect_type as detect_type
 from ._permissions import nats_permissions as nats_permissions
 from ._policy import FileRoot as FileRoot
 from ._policy import FileRules as FileRules
@@ -16,6 +18,7 @@ from ._policy import TransformRules as TransformRules
 from ._policy import load_policy as load_policy
 
 __all__ = [
+    "FileAccess",
     "FileRoot",
     "FileRules",
     "NetworkRules",
@@ -23,6 +26,7 @@ __all__ = [
     "PolicyDenied",
     "ToolRules",
     "TransformRules",
+    "detect_type",
     "load_policy",
     "nats_permissions",
 ]
