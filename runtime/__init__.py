@@ -34,6 +34,11 @@ from ._errors import PermissionViolation as PermissionViolation
 from ._errors import PolicyDenied as PolicyDenied
 from ._errors import RemoteError as RemoteError
 from ._errors import SchemaError as SchemaError
+from ._errors import TransformError as TransformError
+from ._errors import TransformMemoryExceeded as TransformMemoryExceeded
+from ._errors import TransformOutOfFuel as TransformOutOfFuel
+from ._errors import TransformTimeout as TransformTimeout
+from ._errors import TransformTrapped as TransformTrapped
 from ._errors import UnexpectedReply as UnexpectedReply
 from ._errors import UnknownMessageType as UnknownMessageType
 from ._errors import Violation as Violation
@@ -89,6 +94,11 @@ __all__ = [
     "SchemaError",
     "Tool",
     "ToolSpec",
+    "TransformError",
+    "TransformMemoryExceeded",
+    "TransformOutOfFuel",
+    "TransformTimeout",
+    "TransformTrapped",
     "UnexpectedReply",
     "UnknownMessageType",
     "Violation",

@@ -21,7 +21,12 @@ AgentrtError
 │       ├── NoHandler            the agent has no handler for that message type
 │       ├── UnknownMessageType   the receiving node does not know that type tag
 │       └── MalformedMessage     the bytes did not decode into the declared type
-└── ClusterNotRunning            `agentrt status/call/down` found no running cluster
+├── ClusterNotRunning            `agentrt status/call/down` found no running cluster
+└── TransformError               a wasm transform failed to load, run, or fit its output cap
+    ├── TransformTimeout         (also TimeoutError) it ran past its wall-clock limit
+    ├── TransformOutOfFuel       it executed more instructions than its fuel budget
+    ├── TransformMemoryExceeded  it needed more linear memory than its cap
+    └── TransformTrapped         it trapped (unreachable, out of bounds) or exited non-zero
 ```
 
 Errors carry their facts as attributes, and `str()` is one sentence: what failed, where, and how
@@ -55,6 +60,11 @@ __all__ = [
     "PolicyDenied",
     "RemoteError",
     "SchemaError",
+    "TransformError",
+    "TransformMemoryExceeded",
+    "TransformOutOfFuel",
+    "TransformTimeout",
+    "TransformTrapped",
     "UnexpectedReply",
     "UnknownMessageType",
     "Violation",
@@ -297,3 +307,91 @@ class MalformedMessage(RemoteError):
     """The bytes received do not decode into the declared message type."""
 
     code = "malformed"
+
+
+class TransformError(AgentrtError):
+    """A wasm transform could not be loaded or run, or its result was refused.
+
+    The subclasses name the limit that stopped it; this class itself covers the rest (an
+    unknown name, a module that is not a WASI command, output over ``max_output_bytes``). The
+    host that raised it keeps serving: the failed call's store was discarded.
+
+    Attributes:
+        transform: the registered transform name.
+        problem: what went wrong and how to fix it.
+    """
+
+    def __init__(self, transform: str, problem: str) -> None:
+        self.transform, self.problem = transform, problem
+        super().__init__(f"transform {transform!r}: {problem}")
+
+
+class TransformTimeout(TransformError, TimeoutError):
+    """The transform ran past its wall-clock limit and was interrupted (epoch deadline).
+
+    Attributes:
+        timeout_s: the limit it had.
+        elapsed_s: how long it ran before it was stopped.
+    """
+
+    def __init__(self, transform: str, timeout_s: float, elapsed_s: float) -> None:
+        self.timeout_s, self.elapsed_s = timeout_s, elapsed_s
+        super().__init__(
+            transform,
+            f"interrupted after {elapsed_s:.3g}s, over its {timeout_s:.3g}s time limit; "
+            "give it a larger Limits.timeout_s or smaller input, or fix a loop that never ends",
+        )
+
+
+class TransformOutOfFuel(TransformError):
+    """The transform executed more wasm instructions than its fuel budget allows.
+
+    Attributes:
+        fuel: the budget it had (roughly one unit per wasm instruction).
+    """
+
+    def __init__(self, transform: str, fuel: int) -> None:
+        self.fuel = fuel
+        super().__init__(
+            transform,
+            f"used all of its {fuel} units of fuel; raise Limits.fuel if the input "
+            "really needs that much work, or fix a loop that never ends",
+        )
+
+
+class TransformMemoryExceeded(TransformError):
+    """The transform needed more linear memory than its cap (``memory.grow`` was refused).
+
+    Attributes:
+        memory_bytes: the cap it had.
+    """
+
+    def __init__(self, transform: str, memory_bytes: int) -> None:
+        self.memory_bytes = memory_bytes
+        super().__init__(
+            transform,
+            f"needed more than its {memory_bytes}-byte memory cap; raise "
+            "Limits.memory_bytes or send it smaller input",
+        )
+
+
+class TransformTrapped(TransformError):
+    """The transform trapped (``unreachable``, out-of-bounds access ...) or exited non-zero.
+
+    Attributes:
+        reason: the trap message, or ``exit status N``.
+        exit_code: the WASI exit code for a non-zero ``proc_exit``, else ``None``.
+        stderr: the first bytes the module wrote to stderr (often the real explanation).
+    """
+
+    def __init__(
+        self, transform: str, reason: str, *, exit_code: int | None = None, stderr: bytes = b""
+    ) -> None:
+        self.reason, self.exit_code, self.stderr = reason, exit_code, stderr
+        said = stderr.decode("utf-8", "replace").strip()
+        super().__init__(
+            transform,
+            f"failed: {reason}"
+            + (f" (stderr: {said})" if said else "")
+            + "; this is a bug in the transform or input it does not accept, fix one of them",
+        )

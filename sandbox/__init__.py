@@ -1,5 +1,6 @@
 """Sandbox policies (``agentrt.sandbox``): what each node may do, enforced in the node and by
-the broker. File operations and wasmtime transforms land here next (see the open issue).
+the broker: confined file operations (``FileAccess``) and wasm transforms run under fuel, time and
+memory limits (``TransformHost``).
 """
 
 from __future__ import annotations
@@ -16,15 +17,19 @@ from ._policy import Policy as Policy
 from ._policy import ToolRules as ToolRules
 from ._policy import TransformRules as TransformRules
 from ._policy import load_policy as load_policy
+from ._transform import Limits as Limits
+from ._transform import TransformHost as TransformHost
 
 __all__ = [
     "FileAccess",
     "FileRoot",
     "FileRules",
+    "Limits",
     "NetworkRules",
     "Policy",
     "PolicyDenied",
     "ToolRules",
+    "TransformHost",
     "TransformRules",
     "detect_type",
     "load_policy",

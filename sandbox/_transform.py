@@ -1,0 +1,412 @@
+"""The wasmtime host for transforms: untrusted bytes-in, bytes-out code under hard limits.
+
+A transform is a WASI command module (it exports ``_start``): it reads its input from stdin
+and writes its result to stdout. It gets nothing else: no preopened directories, no
+environment, no arguments beyond ``argv[0]`` (its name), no sockets. Each call runs in a
+fresh ``Store`` and instance, so nothing a call leaves in memory or globals reaches the next
+one, and a failed call leaves nothing behind to clean up.
+
+Limits (``Limits``), each turned into one of our errors at this seam; no wasmtime exception
+escapes ``run``:
+
+- ``fuel``: wasmtime's instruction budget (about one unit per wasm instruction; host calls
+  such as ``fd_read`` cost nothing) → ``TransformOutOfFuel``. Deterministic, so a test or a
+  policy can rely on it; it costs roughly 2x in tight loops.
+- ``timeout_s``: wall clock, via epoch interruption. One daemon thread per host increments
+  the engine's epoch every ``TICK_S`` (10 ms); a call's deadline is ``ceil(timeout_s / TICK_S)
+  + 1`` ticks, so it is stopped between ``timeout_s`` and ``timeout_s + 10 ms`` (plus thread
+  scheduling delay) → ``TransformTimeout``. A thread rather than a timer per call because a
+  timer costs a thread start per call; the ticker wakes 100 times a second only while the
+  host is open.
+- ``memory_bytes``: ``Store.set_limits(memory_size=...)``; past it ``memory.grow`` returns -1
+  and the module normally traps → ``TransformMemoryExceeded``. wasmtime-py has no callback
+  telling us the limiter refused, so the host decides after the trap: if the module's memory
+  is within one 64 KiB page of the cap, the cap is what stopped it. A module that traps for
+  another reason while its memory happens to be full is reported as out of memory too.
+- ``max_output_bytes``: the stdout callback stops accepting bytes past the cap (the module's
+  ``fd_write`` gets EIO) → ``TransformError``.
+
+Input goes in through a ``memfd`` (Linux; no file system involved) opened as the module's
+stdin, or a file in a private temporary directory elsewhere: wasmtime-py can only give stdin
+as a path. Output comes back through ``stdout_custom``, one Python callback per ``fd_write``.
+
+Compiled modules are kept in memory by sha256 of the wasm bytes and serialized to
+``cache_dir`` keyed by sha256 and the wasmtime version, so a new process loads native code
+instead of compiling again. Loading a serialized module runs its machine code unchecked, so
+``cache_dir`` must be writable only by this user (it is created ``0700``); a file that does
+not load (another wasmtime build, a truncated write) is recompiled and replaced.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fnmatch
+import functools
+import hashlib
+import logging
+import math
+import os
+import re
+import shutil
+import tempfile
+import threading
+import time
+from collections.abc import Iterator
+from importlib.metadata import version as _dist_version
+from pathlib import Path
+from types import TracebackType
+
+import msgspec
+import trio
+import wasmtime
+from agentrt import (
+    PolicyDenied,
+    TransformError,
+    TransformMemoryExceeded,
+    TransformOutOfFuel,
+    TransformTimeout,
+    TransformTrapped,
+)
+
+from ._policy import Policy
+
+__all__ = ["Limits", "TransformHost"]
+
+audit = logging.getLogger("agentrt.audit")
+
+TICK_S = 0.01
+_PAGE = 65536
+_STDERR_KEEP = 4096
+_WASMTIME_VERSION = _dist_version("wasmtime")
+_HAS_MEMFD = hasattr(os, "memfd_create") and os.path.isdir("/proc/self/fd")
+
+
+class Limits(msgspec.Struct, frozen=True, kw_only=True):
+    """What one transform call may use; every field is enforced, none is advisory.
+
+    Attributes:
+        fuel: instruction budget (about one unit per wasm instruction).
+        timeout_s: wall-clock limit, enforced to within ``TICK_S``.
+        memory_bytes: cap on the module's linear memory.
+        max_output_bytes: cap on what it may write to stdout.
+    """
+
+    fuel: int = 100_000_000
+    timeout_s: float = 1.0
+    memory_bytes: int = 64 * 1024 * 1024
+    max_output_bytes: int = 16 * 1024 * 1024
+
+    def __post_init__(self) -> None:
+        for field in ("fuel", "timeout_s", "memory_bytes", "max_output_bytes"):
+            if getattr(self, field) <= 0:
+                raise ValueError(f"Limits.{field} must be positive, got {getattr(self, field)}")
+
+
+class _Output:
+    """Collects stdout chunks up to a cap; past it, refuses bytes so the module stops early."""
+
+    __slots__ = ("cap", "chunks", "over", "size")
+
+    def __init__(self, cap: int) -> None:
+        self.cap, self.size, self.over = cap, 0, False
+        self.chunks: list[bytes] = []
+
+    def write(self, chunk: bytes) -> int:
+        if self.size + len(chunk) > self.cap:
+            self.over = True
+            return -5  # -EIO: the module's fd_write fails and it should stop writing
+        self.size += len(chunk)
+        self.chunks.append(chunk)
+        return len(chunk)
+
+
+class _Stderr:
+    """Keeps the first few KiB of stderr for error messages; the rest is dropped."""
+
+    __slots__ = ("data",)
+
+    def __init__(self) -> None:
+        self.data = b""
+
+    def write(self, chunk: bytes) -> int:
+        if len(self.data) < _STDERR_KEEP:
+            self.data += chunk[: _STDERR_KEEP - len(self.data)]
+        return len(chunk)
+
+
+class TransformHost:
+    """Runs registered wasm transforms for one node, each call in a fresh sandbox.
+
+    Thread-safe: the engine, compiled modules and linker are shared, stores are per call, so
+    ``run`` may be called from several threads (``arun`` does exactly that). Close it (or use
+    it as a context manager) to stop the epoch ticker thread.
+
+    Attributes:
+        compiled: modules compiled from wasm by this host (a cache miss).
+        loaded: modules loaded from the serialized cache instead.
+    """
+
+    def __init__(self, policy: Policy | None, node: str, cache_dir: Path) -> None:
+        self.policy = policy
+        self.node = node
+        self.cache_dir = Path(cache_dir)
+        self.cache_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+        self.compiled = 0
+        self.loaded = 0
+        config = wasmtime.Config()
+        config.consume_fuel = True
+        config.epoch_interruption = True
+        self._engine = wasmtime.Engine(config)
+        self._linker = wasmtime.Linker(self._engine)
+        self._linker.define_wasi()
+        self._lock = threading.Lock()
+        self._by_hash: dict[str, wasmtime.InstancePre] = {}
+        self._by_name: dict[str, wasmtime.InstancePre] = {}
+        self._stop = threading.Event()
+        self._ticker: threading.Thread | None = None
+        self._tmp: str | None = None
+
+    # -- lifecycle ----------------------------------------------------------------------------
+
+    def close(self) -> None:
+        """Stop the ticker and remove the private temp dir; calls after this start them again."""
+        self._stop.set()
+        if self._ticker is not None:
+            self._ticker.join()
+            self._ticker = None
+        if self._tmp is not None:
+            shutil.rmtree(self._tmp, ignore_errors=True)
+            self._tmp = None
+
+    def __enter__(self) -> TransformHost:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    def _tick(self) -> None:
+        while not self._stop.wait(TICK_S):
+            self._engine.increment_epoch()
+
+    def _ensure_ticker(self) -> None:
+        if self._ticker is None:
+            with self._lock:
+                if self._ticker is None:
+                    self._stop.clear()
+                    t = threading.Thread(target=self._tick, name="wasm-epoch", daemon=True)
+                    t.start()
+                    self._ticker = t
+
+    # -- modules ------------------------------------------------------------------------------
+
+    def register(self, name: str, wasm: bytes | Path) -> None:
+        """Compile (or load from the cache) a transform and make it runnable as ``name``.
+
+        Raises:
+            TransformError: the bytes are not a valid wasm module, or it is not a WASI command
+                (no ``_start`` export, or it imports something other than WASI preview 1).
+        """
+        raw = Path(wasm).read_bytes() if isinstance(wasm, Path) else bytes(wasm)
+        digest = hashlib.sha256(raw).hexdigest()
+        with self._lock:
+            pre = self._by_hash.get(digest)
+        if pre is None:
+            module = self._module(name, raw, digest)
+            export = next((e for e in module.exports if e.name == "_start"), None)
+            if export is None or not isinstance(export.type, wasmtime.FuncType):
+                raise TransformError(
+                    name,
+                    "the module exports no `_start` function; "
+                    "build it as a WASI command (a program with main)",
+                )
+            try:
+                pre = self._linker.instantiate_pre(module)
+            except wasmtime.WasmtimeError as exc:
+                raise TransformError(
+                    name,
+                    f"cannot be linked: {_cause(exc)}; a transform may import only "
+                    "wasi_snapshot_preview1",
+                ) from None
+            with self._lock:
+                self._by_hash[digest] = pre
+        with self._lock:
+            self._by_name[name] = pre
+
+    def _module(self, name: str, raw: bytes, digest: str) -> wasmtime.Module:
+        path = self.cache_dir / f"{digest}.wasmtime-{_WASMTIME_VERSION}.cwasm"
+        if path.is_file():
+            with contextlib.suppress(wasmtime.WasmtimeError):
+                module = wasmtime.Module.deserialize_file(self._engine, str(path))
+                self.loaded += 1
+                return module
+        try:
+            module = wasmtime.Module(self._engine, raw)
+        except wasmtime.WasmtimeError as exc:
+            raise TransformError(name, f"is not a valid wasm module: {_cause(exc)}") from None
+        self.compiled += 1
+        # Write then rename: a concurrent process never loads half a file.
+        fd, tmp = tempfile.mkstemp(dir=self.cache_dir, suffix=".tmp")
+        try:
+            with os.fdopen(fd, "wb") as f:
+                f.write(module.serialize())
+            os.replace(tmp, path)
+        except OSError:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
+        return module
+
+    # -- running ------------------------------------------------------------------------------
+
+    def _check_policy(self, name: str) -> None:
+        if self.policy is None:
+            return
+        if any(fnmatch.fnmatchcase(name, p) for p in self.policy.transforms.allow):
+            return
+        rule = "transforms.allow: no pattern matches (default deny)"
+        audit.warning("denied node=%s action=run_transform target=%s rule=%s policy=%s",
+                      self.node, name, rule, self.policy.path)  # fmt: skip
+        raise PolicyDenied("run transform", name, rule, self.policy.path)
+
+    @contextlib.contextmanager
+    def _stdin(self, data: bytes) -> Iterator[str]:
+        """A path the module's stdin can be opened from, holding ``data``, gone afterwards."""
+        if _HAS_MEMFD:
+            fd = os.memfd_create("agentrt-transform-stdin", os.MFD_CLOEXEC)
+            try:
+                with memoryview(data) as view:
+                    written = 0
+                    while written < len(view):
+                        written += os.write(fd, view[written:])
+                yield f"/proc/self/fd/{fd}"
+            finally:
+                os.close(fd)
+            return
+        if self._tmp is None:
+            self._tmp = tempfile.mkdtemp(prefix="agentrt-transform-")
+        fd, path = tempfile.mkstemp(dir=self._tmp)
+        try:
+            with os.fdopen(fd, "wb") as f:
+                f.write(data)
+            yield path
+        finally:
+            with contextlib.suppress(OSError):
+                os.unlink(path)
+
+    def run(self, name: str, data: bytes, *, limits: Limits) -> bytes:
+        """Run transform ``name`` on ``data`` and return what it wrote to stdout.
+
+        Raises:
+            PolicyDenied: the node's policy does not allow this transform (audited).
+            TransformTimeout | TransformOutOfFuel | TransformMemoryExceeded: a limit stopped it.
+            TransformTrapped: it trapped or exited with a non-zero status.
+            TransformError: unknown name, or output over ``limits.max_output_bytes``.
+        """
+        self._check_policy(name)
+        with self._lock:
+            pre = self._by_name.get(name)
+        if pre is None:
+            raise TransformError(name, "no transform is registered under this name; "
+                                 "call TransformHost.register first")  # fmt: skip
+        self._ensure_ticker()
+        out, err = _Output(limits.max_output_bytes), _Stderr()
+        with self._stdin(data) as stdin_path:
+            wasi = wasmtime.WasiConfig()
+            wasi.argv = [name]
+            wasi.stdin_file = stdin_path
+            wasi.stdout_custom = out.write
+            wasi.stderr_custom = err.write
+            store = wasmtime.Store(self._engine)
+            store.set_wasi(wasi)
+            store.set_fuel(limits.fuel)
+            store.set_limits(memory_size=limits.memory_bytes)
+            store.set_epoch_deadline(math.ceil(limits.timeout_s / TICK_S) + 1)
+            instance: wasmtime.Instance | None = None
+            start = time.monotonic()
+            try:
+                instance = pre.instantiate(store)
+                start_fn = instance.exports(store)["_start"]
+                assert isinstance(start_fn, wasmtime.Func)
+                start_fn(store)
+            except wasmtime.ExitTrap as exc:
+                if exc.code != 0:
+                    self._raise_failure(name, exc, limits, store, instance, err, out, start)
+            except (wasmtime.Trap, wasmtime.WasmtimeError) as exc:
+                self._raise_failure(name, exc, limits, store, instance, err, out, start)
+        if out.over:
+            raise _output_too_large(name, limits)
+        return b"".join(out.chunks)
+
+    def _raise_failure(
+        self,
+        name: str,
+        exc: Exception,
+        limits: Limits,
+        store: wasmtime.Store,
+        instance: wasmtime.Instance | None,
+        err: _Stderr,
+        out: _Output,
+        start: float,
+    ) -> None:
+        """Turn a wasmtime failure into the most specific TransformError (raised, no chain:
+        the wasmtime exception holds the store alive and says nothing the message does not)."""
+        elapsed = time.monotonic() - start
+        code = exc.trap_code if isinstance(exc, wasmtime.Trap) else None
+        if code is wasmtime.TrapCode.OUT_OF_FUEL:
+            raise TransformOutOfFuel(name, limits.fuel) from None
+        if code is wasmtime.TrapCode.INTERRUPT:
+            raise TransformTimeout(name, limits.timeout_s, elapsed) from None
+        if instance is None and "exceeds memory limits" in str(exc):
+            raise TransformMemoryExceeded(name, limits.memory_bytes) from None
+        if instance is not None and _memory_full(store, instance, limits.memory_bytes):
+            raise TransformMemoryExceeded(name, limits.memory_bytes) from None
+        if out.over:
+            raise _output_too_large(name, limits) from None
+        if isinstance(exc, wasmtime.ExitTrap):
+            raise TransformTrapped(
+                name, f"exit status {exc.code}", exit_code=exc.code, stderr=err.data
+            ) from None
+        raise TransformTrapped(name, _cause(exc), stderr=err.data) from None
+
+    async def arun(self, name: str, data: bytes, *, limits: Limits) -> bytes:
+        """``run`` in a worker thread, so the event loop keeps going while wasm runs.
+
+        Cancellation waits for the call to finish; it is bounded by ``limits.timeout_s``.
+        """
+        return await trio.to_thread.run_sync(functools.partial(self.run, name, data, limits=limits))
+
+
+def _memory_full(store: wasmtime.Store, instance: wasmtime.Instance, cap: int) -> bool:
+    """True if any exported memory is within one page of the cap (memory.grow was refused)."""
+    for ext in instance.exports(store).values():
+        if isinstance(ext, wasmtime.Memory) and ext.data_len(store) + _PAGE > cap:
+            return True
+    return False
+
+
+def _cause(exc: Exception) -> str:
+    """The reason in a wasmtime error, without the wasm backtrace: the root cause first, then
+    the context wasmtime added (``out of bounds memory access (memory fault at ...)``)."""
+    text = str(exc)
+    if "Caused by:" in text:
+        text = text.split("Caused by:", 1)[1]
+    causes = [
+        re.sub(r"^(\d+: )?(wasm trap: )?", "", line.strip())
+        for line in text.strip().splitlines()
+        if line.strip()
+    ]
+    if not causes:
+        return type(exc).__name__
+    return causes[-1] + (f" ({'; '.join(causes[:-1])})" if len(causes) > 1 else "")
+
+
+def _output_too_large(name: str, limits: Limits) -> TransformError:
+    return TransformError(
+        name,
+        f"wrote more than its {limits.max_output_bytes}-byte output cap; raise "
+        "Limits.max_output_bytes or send it smaller input",
+    )
