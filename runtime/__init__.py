@@ -54,6 +54,7 @@ from ._node import open_node as open_node
 from ._tools import Fallback as Fallback
 from ._tools import Tool as Tool
 from ._tools import ToolSpec as ToolSpec
+from ._tools import make_tool as make_tool
 from ._tools import tool as tool
 
 __version__ = "0.1.0"
@@ -102,6 +103,7 @@ __all__ = [
     "UnexpectedReply",
     "UnknownMessageType",
     "Violation",
+    "make_tool",
     "open_client",
     "open_node",
     "register_message",

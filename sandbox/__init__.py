@@ -19,6 +19,10 @@ from ._policy import TransformRules as TransformRules
 from ._policy import load_policy as load_policy
 from ._transform import Limits as Limits
 from ._transform import TransformHost as TransformHost
+from ._transform_tools import csv2json as csv2json
+from ._transform_tools import normalize_text as normalize_text
+from ._transform_tools import ppm2pgm as ppm2pgm
+from ._transform_tools import transform_tool as transform_tool
 
 __all__ = [
     "FileAccess",
@@ -31,7 +35,11 @@ __all__ = [
     "ToolRules",
     "TransformHost",
     "TransformRules",
+    "csv2json",
     "detect_type",
     "load_policy",
     "nats_permissions",
+    "normalize_text",
+    "ppm2pgm",
+    "transform_tool",
 ]
