@@ -1,6 +1,7 @@
 """Sandbox policies (``agentrt.sandbox``): what each node may do, enforced in the node and by
-the broker: confined file operations (``FileAccess``) and wasm transforms run under fuel, time and
-memory limits (``TransformHost``).
+the broker: confined file operations (``FileAccess``), file transfer between nodes under both
+nodes' policies (``FileTransfer``) and wasm transforms run under fuel, time and memory limits
+(``TransformHost``).
 """
 
 from __future__ import annotations
@@ -17,6 +18,8 @@ from ._policy import Policy as Policy
 from ._policy import ToolRules as ToolRules
 from ._policy import TransformRules as TransformRules
 from ._policy import load_policy as load_policy
+from ._transfer import FileTransfer as FileTransfer
+from ._transfer import TransferError as TransferError
 from ._transform import Limits as Limits
 from ._transform import TransformHost as TransformHost
 from ._transform_tools import csv2json as csv2json
@@ -28,11 +31,13 @@ __all__ = [
     "FileAccess",
     "FileRoot",
     "FileRules",
+    "FileTransfer",
     "Limits",
     "NetworkRules",
     "Policy",
     "PolicyDenied",
     "ToolRules",
+    "TransferError",
     "TransformHost",
     "TransformRules",
     "csv2json",

@@ -17,7 +17,7 @@ __all__ = ["nats_permissions"]
 
 def nats_permissions(
     policy: Policy | None, *, cluster: str, agents: Iterable[tuple[str, tuple[str, ...]]],
-    hosted_tools: Iterable[str], known_tools: Iterable[str],
+    hosted_tools: Iterable[str], known_tools: Iterable[str], node_name: str = "",
 ) -> tuple[list[str], list[str]]:  # fmt: skip
     """(publish, subscribe) subject lists for one node kind.
 
@@ -28,6 +28,9 @@ def nats_permissions(
         hosted_tools: tools the node runs.
         known_tools: every tool of the cluster: allow globs are expanded against these, so the
             server gets exact subjects (tools registered later need a policy update).
+        node_name: the node's name; if given, the node may send files to any node
+            (``files.>``) and receive them on its own subject (``files.<node_name>``) only.
+            Without it the node takes no part in file transfer.
     """
     root = f"agentrt.{cluster}"
     bucket = f"agentrt_tools_{cluster}"
@@ -43,9 +46,13 @@ def nats_permissions(
         f"$JS.API.CONSUMER.CREATE.KV_{bucket}.>",
         *(f"$KV.{bucket}.{t}" for t in sorted(set(hosted_tools))),  # only its own specs
     ]
+    if node_name:
+        publish.append(f"{root}.files.>")  # FileTransfer.send; the receiver's policy decides
     subscribe = ["_INBOX.>", f"{root}.ctl.status", f"{root}.ctl.drain"]
     for agent_type, topics in agents:
         subscribe.append(f"{root}.agent.{agent_type}.>")
         subscribe += [f"{root}.topic.{t}" for t in topics]
     subscribe += [f"{root}.tool.{t}" for t in sorted(set(hosted_tools))]
+    if node_name:
+        subscribe.append(f"{root}.files.{node_name}")  # FileTransfer.serve
     return publish, subscribe
