@@ -8,6 +8,7 @@ every node hosting that type subscribes to in one queue group, so replicas share
 
 from __future__ import annotations
 
+import contextvars
 import enum
 import functools
 import logging
@@ -65,6 +66,7 @@ __all__ = [
     "NodeConfig",
     "Subjects",
     "ToolPolicy",
+    "executing_node",
     "open_client",
     "open_node",
     "partition_of",
@@ -134,6 +136,13 @@ def _gate_info(err: GateError) -> ErrorInfo:
         code=ErrorCode.GATE_REJECTED, message=str(err), remote_type="GateError",
         agent_id=err.tool, stage=err.stage, violations=err.violations,
     )  # fmt: skip
+
+
+executing_node: contextvars.ContextVar[tuple[str, ToolPolicy | None]] = contextvars.ContextVar(
+    "agentrt_executing_node"
+)
+"""(name, policy) of the node running the current tool call: lets a tool apply the policy of
+the node it runs on (transform tools check ``[transforms]``)."""
 
 
 class ToolPolicy(Protocol):
@@ -541,8 +550,12 @@ class Node:
         assert t.func is not None
         started = trio.current_time()
         limit = min(deadline, started + t.spec.timeout_s)
-        with trio.CancelScope(deadline=limit) as scope:
-            return await t.func(args)
+        token = executing_node.set((self.name, self.policy))
+        try:
+            with trio.CancelScope(deadline=limit) as scope:
+                return await t.func(args)
+        finally:
+            executing_node.reset(token)
         assert scope.cancelled_caught
         raise DeadlineExceeded(f"tool {t.name}", limit - started, trio.current_time() - started)
 

@@ -104,6 +104,19 @@ class Policy(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=Tr
                           node, tool, rule, self.path)  # fmt: skip
             raise PolicyDenied("call tool", tool, rule, self.path)
 
+    def check_transform(self, name: str, *, node: str) -> None:
+        """Allow or raise for running the wasm transform ``name`` (globs in ``transforms.allow``).
+
+        Raises:
+            PolicyDenied: no pattern allows it (default deny); audited.
+        """
+        if any(fnmatch.fnmatchcase(name, pattern) for pattern in self.transforms.allow):
+            return
+        rule = "transforms.allow: no pattern matches (default deny)"
+        audit.warning("denied node=%s action=run_transform transform=%s rule=%s policy=%s",
+                      node, name, rule, self.path)  # fmt: skip
+        raise PolicyDenied("run transform", name, rule, self.path)
+
     def allowed_tools(self, known: Iterable[str]) -> list[str]:
         """The known tool names this policy allows (globs expanded against what exists)."""
         return sorted(t for t in known if self.tools.decide(t)[0])

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from agentrt import GateError, Tool, ToolSpec, Violation, make_tool
+from agentrt._node import executing_node
 
 from ._transform import Limits, TransformHost
 
@@ -65,6 +66,12 @@ def transform_tool(
     registered = threading.Event()
 
     async def run(args: dict[str, Any]) -> dict[str, str]:
+        # The node running this call applies its own [transforms] rules (the caller's node
+        # already applied its [tools] rules and its broker permissions).
+        node, policy = executing_node.get(("", None))
+        check = getattr(policy, "check_transform", None)
+        if check is not None:
+            check(tool_name, node=node)
         host = _shared_host()
         if not registered.is_set():
             host.register(tool_name, wasm)

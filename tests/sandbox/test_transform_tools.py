@@ -35,3 +35,21 @@ async def test_transforms_run_as_tools_through_the_gate(nats_url: str, cluster_n
                 await c.call_tool("transform.csv2json", {"text": 'a,b\n"unterminated\n'})
             assert bad.value.remote_type == "TransformTrapped"
             assert "unterminated" in str(bad.value)
+
+
+async def test_the_executing_node_applies_its_transform_rules(
+    nats_url: str, cluster_name: str
+) -> None:
+    from agentrt.sandbox import Policy, TransformRules
+
+    deny_all = Policy(transforms=TransformRules(allow=[]), path="worker.toml")
+    node = NodeConfig(cluster=cluster_name, name="worker", servers=(nats_url,))
+    client = NodeConfig(cluster=cluster_name, name="agent", servers=(nats_url,))
+    async with (
+        open_node(node, tools=[normalize_text], policy=deny_all),
+        open_client(client) as c,
+    ):
+        with trio.fail_after(30), pytest.raises(HandlerFailed) as info:
+            await c.call_tool("transform.normalize_text", {"text": "x"})
+    assert info.value.remote_type == "PolicyDenied"
+    assert "transforms.allow: no pattern matches (default deny)" in str(info.value)
