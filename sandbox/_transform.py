@@ -1,10 +1,26 @@
 """The wasmtime host for transforms: untrusted bytes-in, bytes-out code under hard limits.
 
-A transform is a WASI command module (it exports ``_start``): it reads its input from stdin
-and writes its result to stdout. It gets nothing else: no preopened directories, no
-environment, no arguments beyond ``argv[0]`` (its name), no sockets. Each call runs in a
-fresh ``Store`` and instance, so nothing a call leaves in memory or globals reaches the next
-one, and a failed call leaves nothing behind to clean up.
+Two ABIs, chosen per module at ``register`` by its exports (``TransformHost.abi(name)``):
+
+- **Buffer ABI** (exports ``agentrt_run``; use it for anything new or performance-sensitive):
+  the module exports ``memory``, ``agentrt_alloc(size: i32) -> i32`` (a pointer to ``size``
+  writable bytes, 0 on failure), ``agentrt_run(ptr: i32, len: i32) -> i32`` (0 = success,
+  else a failure code → ``TransformTrapped(exit_code=code)``), ``agentrt_output_ptr() -> i32``
+  and ``agentrt_output_len() -> i32``, and optionally ``_initialize`` (a reactor; called once
+  per fresh instance before ``agentrt_alloc``). The host copies the input into linear memory
+  with one ``memmove`` (bounds-checked against the memory's size), calls ``agentrt_run``, refuses
+  an output length over ``max_output_bytes`` before copying anything, bounds-checks the output
+  and copies it out once. WASI imports are still linked when the module has any imports (C with
+  wasi-libc), with no stdin and stderr kept for ``TransformTrapped``. About half the per-call
+  cost of the WASI ABI and ~7x its throughput (docs/benchmarks.md): no WASI stdio call, each of
+  which costs 75-150 us in wasmtime-py, on the path.
+- **WASI command ABI** (exports ``_start``; for existing programs with ``main``): it reads its
+  input from stdin and writes its result to stdout.
+
+Either way a transform gets nothing else: no preopened directories, no environment, no
+arguments beyond ``argv[0]`` (its name), no sockets. Each call runs in a fresh ``Store`` and
+instance, so nothing a call leaves in memory or globals reaches the next one, and a failed call
+leaves nothing behind to clean up.
 
 Limits (``Limits``), each turned into one of our errors at this seam; no wasmtime exception
 escapes ``run``:
@@ -24,11 +40,14 @@ escapes ``run``:
   is within one 64 KiB page of the cap, the cap is what stopped it. A module that traps for
   another reason while its memory happens to be full is reported as out of memory too.
 - ``max_output_bytes``: the stdout callback stops accepting bytes past the cap (the module's
-  ``fd_write`` gets EIO) → ``TransformError``.
+  ``fd_write`` gets EIO), or the buffer ABI's ``agentrt_output_len`` is over it →
+  ``TransformError``. A buffer-ABI ``agentrt_alloc`` returning 0 is ``TransformMemoryExceeded``
+  if the input cannot fit under the cap, else ``TransformError``.
 
-Input goes in through a ``memfd`` (Linux; no file system involved) opened as the module's
-stdin, or a file in a private temporary directory elsewhere: wasmtime-py can only give stdin
-as a path. Output comes back through ``stdout_custom``, one Python callback per ``fd_write``.
+WASI command ABI I/O: input goes in through a ``memfd`` (Linux; no file system involved)
+opened as the module's stdin, or a file in a private temporary directory elsewhere:
+wasmtime-py can only give stdin as a path. Output comes back through ``stdout_custom``, one
+Python callback per ``fd_write``.
 
 Compiled modules are kept in memory by sha256 of the wasm bytes and serialized to
 ``cache_dir`` keyed by sha256 and the wasmtime version, so a new process loads native code
@@ -40,6 +59,7 @@ not load (another wasmtime build, a truncated write) is recompiled and replaced.
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import fnmatch
 import functools
 import hashlib
@@ -51,10 +71,11 @@ import shutil
 import tempfile
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from importlib.metadata import version as _dist_version
 from pathlib import Path
 from types import TracebackType
+from typing import Literal, NamedTuple, NoReturn
 
 import msgspec
 import trio
@@ -79,6 +100,27 @@ _PAGE = 65536
 _STDERR_KEEP = 4096
 _WASMTIME_VERSION = _dist_version("wasmtime")
 _HAS_MEMFD = hasattr(os, "memfd_create") and os.path.isdir("/proc/self/fd")
+_U32 = 0xFFFFFFFF
+
+Abi = Literal["wasi", "buffer"]
+
+_I32 = wasmtime.ValType.i32()
+# The buffer ABI: export name -> (params, results), all i32.
+_BUFFER_EXPORTS: dict[str, tuple[int, int]] = {
+    "agentrt_alloc": (1, 1),
+    "agentrt_run": (2, 1),
+    "agentrt_output_ptr": (0, 1),
+    "agentrt_output_len": (0, 1),
+}
+
+
+class _Registered(NamedTuple):
+    """A compiled, linked module and how to call it."""
+
+    pre: wasmtime.InstancePre
+    abi: Abi
+    imports_wasi: bool  # buffer ABI only: give the store a WASI context (stderr captured)
+    initialize: bool  # buffer ABI only: call the `_initialize` export first (reactors)
 
 
 class Limits(msgspec.Struct, frozen=True, kw_only=True):
@@ -160,8 +202,8 @@ class TransformHost:
         self._linker = wasmtime.Linker(self._engine)
         self._linker.define_wasi()
         self._lock = threading.Lock()
-        self._by_hash: dict[str, wasmtime.InstancePre] = {}
-        self._by_name: dict[str, wasmtime.InstancePre] = {}
+        self._by_hash: dict[str, _Registered] = {}
+        self._by_name: dict[str, _Registered] = {}
         self._stop = threading.Event()
         self._ticker: threading.Thread | None = None
         self._tmp: str | None = None
@@ -207,22 +249,32 @@ class TransformHost:
     def register(self, name: str, wasm: bytes | Path) -> None:
         """Compile (or load from the cache) a transform and make it runnable as ``name``.
 
+        The ABI is chosen by the module's exports: ``agentrt_run`` → buffer ABI, else
+        ``_start`` → WASI command ABI (see the module docstring); ``abi(name)`` tells which.
+
         Raises:
-            TransformError: the bytes are not a valid wasm module, or it is not a WASI command
-                (no ``_start`` export, or it imports something other than WASI preview 1).
+            TransformError: the bytes are not a valid wasm module, it exports neither
+                ``agentrt_run`` nor ``_start``, its buffer-ABI exports have the wrong types, or
+                it imports something other than WASI preview 1.
         """
         raw = Path(wasm).read_bytes() if isinstance(wasm, Path) else bytes(wasm)
         digest = hashlib.sha256(raw).hexdigest()
         with self._lock:
-            pre = self._by_hash.get(digest)
-        if pre is None:
+            reg = self._by_hash.get(digest)
+        if reg is None:
             module = self._module(name, raw, digest)
-            export = next((e for e in module.exports if e.name == "_start"), None)
-            if export is None or not isinstance(export.type, wasmtime.FuncType):
+            exports = {e.name: e.type for e in module.exports}
+            if "agentrt_run" in exports:
+                abi: Abi = "buffer"
+                _check_buffer_exports(name, exports)
+            elif isinstance(exports.get("_start"), wasmtime.FuncType):
+                abi = "wasi"
+            else:
                 raise TransformError(
                     name,
-                    "the module exports no `_start` function; "
-                    "build it as a WASI command (a program with main)",
+                    "the module exports no `_start` function (WASI command ABI) and no "
+                    "`agentrt_run` (buffer ABI); build it as a WASI command (a program with "
+                    "main) or export the buffer ABI",
                 )
             try:
                 pre = self._linker.instantiate_pre(module)
@@ -232,10 +284,28 @@ class TransformHost:
                     f"cannot be linked: {_cause(exc)}; a transform may import only "
                     "wasi_snapshot_preview1",
                 ) from None
+            initialize = isinstance(exports.get("_initialize"), wasmtime.FuncType)
+            reg = _Registered(pre, abi, bool(module.imports), initialize)
             with self._lock:
-                self._by_hash[digest] = pre
+                self._by_hash[digest] = reg
         with self._lock:
-            self._by_name[name] = pre
+            self._by_name[name] = reg
+
+    def abi(self, name: str) -> Abi:
+        """The ABI transform ``name`` was registered with: ``"buffer"`` or ``"wasi"``.
+
+        Raises:
+            TransformError: no transform is registered under this name.
+        """
+        return self._registered(name).abi
+
+    def _registered(self, name: str) -> _Registered:
+        with self._lock:
+            reg = self._by_name.get(name)
+        if reg is None:
+            raise TransformError(name, "no transform is registered under this name; "
+                                 "call TransformHost.register first")  # fmt: skip
+        return reg
 
     def _module(self, name: str, raw: bytes, digest: str) -> wasmtime.Module:
         path = self.cache_dir / f"{digest}.wasmtime-{_WASMTIME_VERSION}.cwasm"
@@ -298,21 +368,24 @@ class TransformHost:
                 os.unlink(path)
 
     def run(self, name: str, data: bytes, *, limits: Limits) -> bytes:
-        """Run transform ``name`` on ``data`` and return what it wrote to stdout.
+        """Run transform ``name`` on ``data`` and return its output (stdout for a WASI
+        command, the ``agentrt_output_ptr/len`` bytes for a buffer-ABI module).
 
         Raises:
             PolicyDenied: the node's policy does not allow this transform (audited).
             TransformTimeout | TransformOutOfFuel | TransformMemoryExceeded: a limit stopped it.
-            TransformTrapped: it trapped or exited with a non-zero status.
-            TransformError: unknown name, or output over ``limits.max_output_bytes``.
+            TransformTrapped: it trapped, exited with a non-zero status, ``agentrt_run``
+                returned non-zero (``exit_code`` is that code) or pointed its output outside
+                its memory.
+            TransformError: unknown name, output over ``limits.max_output_bytes``, or
+                ``agentrt_alloc`` returned 0 without the memory cap being the reason.
         """
         self._check_policy(name)
-        with self._lock:
-            pre = self._by_name.get(name)
-        if pre is None:
-            raise TransformError(name, "no transform is registered under this name; "
-                                 "call TransformHost.register first")  # fmt: skip
+        reg = self._registered(name)
         self._ensure_ticker()
+        if reg.abi == "buffer":
+            return self._run_buffer(name, reg, data, limits)
+        pre = reg.pre
         out, err = _Output(limits.max_output_bytes), _Stderr()
         with self._stdin(data) as stdin_path:
             wasi = wasmtime.WasiConfig()
@@ -341,6 +414,63 @@ class TransformHost:
             raise _output_too_large(name, limits)
         return b"".join(out.chunks)
 
+    def _run_buffer(self, name: str, reg: _Registered, data: bytes, limits: Limits) -> bytes:
+        """One buffer-ABI call: input copied into linear memory, output copied out of it."""
+        if not isinstance(data, bytes):
+            data = bytes(data)
+        err = _Stderr()
+        store = wasmtime.Store(self._engine)
+        if reg.imports_wasi:
+            wasi = wasmtime.WasiConfig()
+            wasi.argv = [name]
+            wasi.stderr_custom = err.write
+            store.set_wasi(wasi)
+        store.set_fuel(limits.fuel)
+        store.set_limits(memory_size=limits.memory_bytes)
+        store.set_epoch_deadline(math.ceil(limits.timeout_s / TICK_S) + 1)
+        instance: wasmtime.Instance | None = None
+        start = time.monotonic()
+        try:
+            instance = reg.pre.instantiate(store)
+            exports = instance.exports(store)
+            memory = exports["memory"]
+            assert isinstance(memory, wasmtime.Memory)  # checked at register
+            if reg.initialize:
+                exports["_initialize"](store)  # type: ignore[operator]
+            size = len(data)
+            ptr = exports["agentrt_alloc"](store, size) & _U32  # type: ignore[operator]
+            if ptr == 0:
+                # Refused growth: the module is near the cap, or the input alone cannot fit.
+                used = memory.data_len(store)
+                if size > limits.memory_bytes - used or used + _PAGE > limits.memory_bytes:
+                    raise TransformMemoryExceeded(name, limits.memory_bytes)
+                raise TransformError(name, f"agentrt_alloc({size}) returned 0; the module "
+                                     "could not allocate its input buffer")  # fmt: skip
+            if ptr + size > memory.data_len(store):
+                raise TransformTrapped(
+                    name, f"agentrt_alloc({size}) returned {ptr}, outside its memory",
+                    stderr=err.data,
+                )  # fmt: skip
+            ctypes.memmove(_base(memory, store) + ptr, data, size)
+            rc = exports["agentrt_run"](store, ptr, size)  # type: ignore[operator]
+            if rc != 0:
+                raise TransformTrapped(
+                    name, f"agentrt_run returned {rc}", exit_code=rc, stderr=err.data
+                )
+            out_len = exports["agentrt_output_len"](store) & _U32  # type: ignore[operator]
+            if out_len > limits.max_output_bytes:
+                raise _output_too_large(name, limits)
+            out_ptr = exports["agentrt_output_ptr"](store) & _U32  # type: ignore[operator]
+            if out_ptr + out_len > memory.data_len(store):
+                raise TransformTrapped(
+                    name,
+                    f"its output ({out_len} bytes at {out_ptr}) lies outside its memory",
+                    stderr=err.data,
+                )
+            return ctypes.string_at(_base(memory, store) + out_ptr, out_len)
+        except (wasmtime.Trap, wasmtime.WasmtimeError) as exc:  # ExitTrap included
+            self._raise_failure(name, exc, limits, store, instance, err, None, start)
+
     def _raise_failure(
         self,
         name: str,
@@ -349,9 +479,9 @@ class TransformHost:
         store: wasmtime.Store,
         instance: wasmtime.Instance | None,
         err: _Stderr,
-        out: _Output,
+        out: _Output | None,
         start: float,
-    ) -> None:
+    ) -> NoReturn:
         """Turn a wasmtime failure into the most specific TransformError (raised, no chain:
         the wasmtime exception holds the store alive and says nothing the message does not)."""
         elapsed = time.monotonic() - start
@@ -364,7 +494,7 @@ class TransformHost:
             raise TransformMemoryExceeded(name, limits.memory_bytes) from None
         if instance is not None and _memory_full(store, instance, limits.memory_bytes):
             raise TransformMemoryExceeded(name, limits.memory_bytes) from None
-        if out.over:
+        if out is not None and out.over:
             raise _output_too_large(name, limits) from None
         if isinstance(exc, wasmtime.ExitTrap):
             raise TransformTrapped(
@@ -378,6 +508,31 @@ class TransformHost:
         Cancellation waits for the call to finish; it is bounded by ``limits.timeout_s``.
         """
         return await trio.to_thread.run_sync(functools.partial(self.run, name, data, limits=limits))
+
+
+def _check_buffer_exports(name: str, exports: Mapping[str, object]) -> None:
+    """Raise TransformError unless the module has every buffer-ABI export, all-i32 typed."""
+    if not isinstance(exports.get("memory"), wasmtime.MemoryType):
+        raise TransformError(name, "exports `agentrt_run` (buffer ABI) but no `memory`")
+    for export, (n_params, n_results) in _BUFFER_EXPORTS.items():
+        ty = exports.get(export)
+        if (
+            not isinstance(ty, wasmtime.FuncType)
+            or list(ty.params) != [_I32] * n_params
+            or list(ty.results) != [_I32] * n_results
+        ):
+            sig = ", ".join(["i32"] * n_params)
+            raise TransformError(
+                name,
+                f"exports `agentrt_run` (buffer ABI) but no `{export}({sig}) -> i32` function; "
+                "the buffer ABI needs agentrt_alloc, agentrt_run, agentrt_output_ptr, "
+                "agentrt_output_len and memory",
+            )
+
+
+def _base(memory: wasmtime.Memory, store: wasmtime.Store) -> int:
+    """Address of linear memory's first byte, valid until the memory next grows."""
+    return ctypes.addressof(memory.data_ptr(store).contents)
 
 
 def _memory_full(store: wasmtime.Store, instance: wasmtime.Instance, cap: int) -> bool:

@@ -1,4 +1,9 @@
-"""Build the C transforms in ``src/`` into WASI command modules in ``wasm/``.
+"""Build the C transforms in ``src/`` into WASI modules in ``wasm/``.
+
+Each module is a WASI command (``_start``) that also exports the buffer ABI
+(``agentrt_alloc``, ``agentrt_free``, ``agentrt_run``, ``agentrt_output_ptr``,
+``agentrt_output_len``; see README.md). The exports come from ``export_name`` attributes in
+``src/transform.h``, so no extra linker flags are needed.
 
 Usage::
 

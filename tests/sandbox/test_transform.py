@@ -91,6 +91,83 @@ COUNTER = f"""
     (drop (call $fd_write (i32.const 1) (i32.const 0) (i32.const 1) (i32.const 8)))))
 """
 
+
+# -- buffer ABI modules -----------------------------------------------------------------------
+
+
+def buffer_module(run_body: str, *, extra: str = "", alloc_factor: int = 1) -> str:
+    """A buffer-ABI module: alloc grows memory to fit ``alloc_factor * size`` bytes past 1024
+    and returns 1024; ``run_body`` (params $p $n, result i32) sets globals $op/$ol, which
+    agentrt_output_ptr/len return."""
+    return f"""
+(module
+  {extra}
+  (memory (export "memory") 1)
+  (global $op (mut i32) (i32.const 0))
+  (global $ol (mut i32) (i32.const 0))
+  (func (export "agentrt_alloc") (param $size i32) (result i32)
+    (local $pages i32)
+    (local.set $pages
+      (i32.sub
+        (i32.shr_u (i32.add (i32.add (i32.mul (local.get $size) (i32.const {alloc_factor}))
+                                     (i32.const 1024)) (i32.const 65535)) (i32.const 16))
+        (memory.size)))
+    (if (i32.gt_s (local.get $pages) (i32.const 0))
+      (then (if (i32.eq (memory.grow (local.get $pages)) (i32.const -1))
+        (then (return (i32.const 0))))))
+    (i32.const 1024))
+  (func (export "agentrt_run") (param $p i32) (param $n i32) (result i32)
+    {run_body})
+  (func (export "agentrt_output_ptr") (result i32) (global.get $op))
+  (func (export "agentrt_output_len") (result i32) (global.get $ol)))
+"""
+
+
+# Zero-copy echo: the output is the input buffer itself.
+BUF_ECHO = buffer_module(
+    "(global.set $op (local.get $p)) (global.set $ol (local.get $n)) (i32.const 0)"
+)
+# Copying echo: memory.copy into a second region right after the input.
+BUF_COPY = buffer_module(
+    """(global.set $op (i32.add (local.get $p) (local.get $n)))
+    (memory.copy (global.get $op) (local.get $p) (local.get $n))
+    (global.set $ol (local.get $n)) (i32.const 0)""",
+    alloc_factor=2,
+)
+# Writes "bad input" to stderr through WASI, then returns 3.
+BUF_FAIL_3 = buffer_module(
+    """(i32.store (i32.const 0) (i32.const 100))
+    (i32.store (i32.const 4) (i32.const 9))
+    (drop (call $fd_write (i32.const 2) (i32.const 0) (i32.const 1) (i32.const 8)))
+    (i32.const 3)""",
+    extra=f"""(import "{WASI}" "fd_write" (func $fd_write (param i32 i32 i32 i32) (result i32)))
+  (data (i32.const 100) "bad input")""",
+)
+BUF_LOOP = buffer_module("(loop $l (br $l)) (i32.const 0)")
+# Claims 2 GiB of output at 0: must be refused by the output cap before any bounds check/copy.
+BUF_HUGE_OUTPUT = buffer_module("(global.set $ol (i32.const 0x7fff0000)) (i32.const 0)")
+# Points its 16-byte output past the end of its one-page memory.
+BUF_OOB_OUTPUT = buffer_module(
+    "(global.set $op (i32.const 0xffff0000)) (global.set $ol (i32.const 16)) (i32.const 0)"
+)
+# A reactor: `_initialize` bumps a global the output reports as one ASCII digit, so "1" on
+# every call proves it ran once per fresh instance.
+BUF_REACTOR = buffer_module(
+    """(i32.store8 (i32.const 0) (i32.add (i32.const 48) (global.get $n)))
+    (global.set $ol (i32.const 1)) (i32.const 0)""",
+    extra="""(global $n (mut i32) (i32.const 0))
+  (func (export "_initialize") (global.set $n (i32.add (global.get $n) (i32.const 1))))""",
+)
+# alloc that always fails, and one that returns a pointer past the end of memory.
+BUF_NO_ALLOC = BUF_ECHO.replace(
+    '(i32.const 1024))\n  (func (export "agentrt_run")',
+    '(drop (i32.const 1024)) (i32.const 0))\n  (func (export "agentrt_run")',
+)
+BUF_BAD_ALLOC = BUF_ECHO.replace(
+    '(i32.const 1024))\n  (func (export "agentrt_run")',
+    '(drop (i32.const 1024)) (i32.const 0x7fff0000))\n  (func (export "agentrt_run")',
+)
+
 LIMITS = Limits(fuel=10_000_000, timeout_s=5.0, memory_bytes=1 << 20, max_output_bytes=4 << 20)
 
 
@@ -264,3 +341,111 @@ def test_register_accepts_a_path(host: TransformHost, tmp_path: Path) -> None:
 def test_limits_must_be_positive() -> None:
     with pytest.raises(ValueError, match=r"Limits\.fuel"):
         Limits(fuel=0)
+
+
+# -- buffer ABI -------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def bhost(host: TransformHost) -> TransformHost:
+    host.register("buf", wasmtime.wat2wasm(BUF_ECHO))
+    host.register("copy", wasmtime.wat2wasm(BUF_COPY))
+    return host
+
+
+def test_abi_is_chosen_by_exports(bhost: TransformHost) -> None:
+    assert bhost.abi("echo") == "wasi"
+    assert bhost.abi("buf") == "buffer" and bhost.abi("copy") == "buffer"
+    with pytest.raises(TransformError, match="no transform is registered"):
+        bhost.abi("nope")
+
+
+@pytest.mark.parametrize("name", ["buf", "copy"])
+def test_buffer_abi_round_trips_bytes(bhost: TransformHost, name: str) -> None:
+    assert bhost.run(name, b"", limits=LIMITS) == b""
+    assert bhost.run(name, b"hello, buffer", limits=LIMITS) == b"hello, buffer"
+    big = os.urandom(16 << 20)
+    limits = Limits(memory_bytes=40 << 20, max_output_bytes=16 << 20)
+    assert bhost.run(name, big, limits=limits) == big
+
+
+def test_buffer_input_over_the_memory_cap(bhost: TransformHost) -> None:
+    with pytest.raises(TransformMemoryExceeded):
+        bhost.run("buf", b"x" * (2 << 20), limits=LIMITS)  # cap is 1 MiB
+    assert bhost.run("buf", b"ok", limits=LIMITS) == b"ok"
+
+
+def test_buffer_nonzero_return_is_trapped_with_code_and_stderr(bhost: TransformHost) -> None:
+    bhost.register("fail3", wasmtime.wat2wasm(BUF_FAIL_3))
+    assert bhost.abi("fail3") == "buffer"
+    with pytest.raises(TransformTrapped) as info:
+        bhost.run("fail3", b"in", limits=LIMITS)
+    assert info.value.exit_code == 3 and info.value.stderr == b"bad input"
+    assert "agentrt_run returned 3" in str(info.value) and "bad input" in str(info.value)
+    assert bhost.run("buf", b"after", limits=LIMITS) == b"after"
+
+
+def test_buffer_endless_loop_times_out(bhost: TransformHost) -> None:
+    bhost.register("bloop", wasmtime.wat2wasm(BUF_LOOP))
+    with pytest.raises(TransformTimeout):
+        bhost.run("bloop", b"x", limits=Limits(fuel=10**15, timeout_s=0.1))
+    assert bhost.run("buf", b"after", limits=LIMITS) == b"after"
+
+
+def test_buffer_fuel_budget(bhost: TransformHost) -> None:
+    bhost.register("bloop", wasmtime.wat2wasm(BUF_LOOP))
+    with pytest.raises(TransformOutOfFuel) as info:
+        bhost.run("bloop", b"x", limits=Limits(fuel=10_000, timeout_s=30.0))
+    assert info.value.fuel == 10_000
+    assert bhost.run("buf", b"after", limits=LIMITS) == b"after"
+
+
+def test_buffer_output_over_the_cap_is_refused_before_copying(bhost: TransformHost) -> None:
+    bhost.register("huge", wasmtime.wat2wasm(BUF_HUGE_OUTPUT))
+    with pytest.raises(TransformError) as info:
+        bhost.run("huge", b"", limits=Limits(max_output_bytes=100))
+    assert type(info.value) is TransformError and "100-byte output cap" in str(info.value)
+    with pytest.raises(TransformError, match="100-byte output cap"):
+        bhost.run("buf", b"x" * 101, limits=Limits(max_output_bytes=100))
+    assert bhost.run("buf", b"x" * 100, limits=Limits(max_output_bytes=100)) == b"x" * 100
+
+
+@pytest.mark.parametrize("wat", [BUF_OOB_OUTPUT, BUF_BAD_ALLOC])
+def test_buffer_pointers_outside_memory_are_trapped(bhost: TransformHost, wat: str) -> None:
+    bhost.register("oob", wasmtime.wat2wasm(wat))
+    with pytest.raises(TransformTrapped, match="outside its memory"):
+        bhost.run("oob", b"data", limits=LIMITS)
+    assert bhost.run("buf", b"after", limits=LIMITS) == b"after"
+
+
+def test_buffer_alloc_failure(bhost: TransformHost) -> None:
+    bhost.register("noalloc", wasmtime.wat2wasm(BUF_NO_ALLOC))
+    with pytest.raises(TransformError, match=r"agentrt_alloc\(4\) returned 0") as info:
+        bhost.run("noalloc", b"data", limits=LIMITS)
+    assert type(info.value) is TransformError
+    assert bhost.run("buf", b"after", limits=LIMITS) == b"after"
+
+
+def test_buffer_reactor_is_initialized_once_per_fresh_instance(bhost: TransformHost) -> None:
+    bhost.register("reactor", wasmtime.wat2wasm(BUF_REACTOR))
+    assert bhost.run("reactor", b"", limits=LIMITS) == b"1"
+    assert bhost.run("reactor", b"", limits=LIMITS) == b"1"
+
+
+def test_buffer_abi_with_wrong_exports_is_refused(bhost: TransformHost) -> None:
+    no_len = BUF_ECHO.replace('(export "agentrt_output_len")', "")
+    with pytest.raises(TransformError, match="agentrt_output_len"):
+        bhost.register("partial", wasmtime.wat2wasm(no_len))
+    wrong = BUF_ECHO.replace(
+        "(param $p i32) (param $n i32) (result i32)", "(param $p i32) (param $n i64) (result i32)"
+    ).replace("(global.set $ol (local.get $n))", "(global.set $ol (i32.wrap_i64 (local.get $n)))")
+    with pytest.raises(TransformError, match="agentrt_run"):
+        bhost.register("wrong", wasmtime.wat2wasm(wrong))
+    with pytest.raises(TransformError, match="no `memory`"):
+        bhost.register(
+            "nomem",
+            wasmtime.wat2wasm(
+                '(module (func (export "agentrt_run") (param i32 i32) (result i32) (i32.const 0)))'
+            ),
+        )
+    assert bhost.run("buf", b"after", limits=LIMITS) == b"after"

@@ -7,21 +7,17 @@
  * - Exit 2 (message on stderr, nothing on stdout) if the input is not valid UTF-8 or contains
  *   a NUL byte (binary data rather than text).
  */
+#define TRANSFORM_NAME "normalize_text"
 #include "transform.h"
 
-#define NAME "normalize_text"
-
-int main(void) {
-    buf_t in = read_stdin();
-    const unsigned char *s = in.data;
-    size_t n = in.len;
+static int transform(unsigned char *in, size_t n, buf_t *out) {
+    const unsigned char *s = in;
     size_t bad = utf8_invalid_at(s, n);
-    if (bad != n) fail(EXIT_BAD_INPUT, NAME, "invalid UTF-8 at byte offset %zu", bad);
+    if (bad != n) return report(EXIT_BAD_INPUT, "invalid UTF-8 at byte offset %zu", bad);
     const unsigned char *nul = n ? memchr(s, 0, n) : NULL;
-    if (nul) fail(EXIT_BAD_INPUT, NAME, "NUL byte at offset %zu: input is not text", (size_t)(nul - s));
+    if (nul) return report(EXIT_BAD_INPUT, "NUL byte at offset %zu: input is not text", (size_t)(nul - s));
 
     size_t i = (n >= 3 && s[0] == 0xEF && s[1] == 0xBB && s[2] == 0xBF) ? 3 : 0;
-    buf_t out = {0};
     size_t pending_blank = 0; /* blank lines seen since the last non-blank line */
     int any = 0;              /* a non-blank line has been written */
     while (i < n) {
@@ -37,12 +33,11 @@ int main(void) {
             pending_blank++;
             continue;
         }
-        if (any && pending_blank) buf_putc(&out, '\n');
-        buf_put(&out, s + start, end - start);
-        buf_putc(&out, '\n');
+        if (any && pending_blank) buf_putc(out, '\n');
+        buf_put(out, s + start, end - start);
+        buf_putc(out, '\n');
         pending_blank = 0;
         any = 1;
     }
-    write_stdout(&out);
     return 0;
 }

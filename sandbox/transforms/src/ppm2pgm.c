@@ -7,17 +7,19 @@
  * field, width or height of 0 or above 65535, maxval other than 255, a raster shorter or
  * longer than width * height * 3 bytes.
  */
+#define TRANSFORM_NAME "ppm2pgm"
 #include "transform.h"
 
-#define NAME "ppm2pgm"
 #define MAX_DIM 65535u
 
 static int is_space(unsigned char c) {
     return c == ' ' || c == '\t' || c == '\n' || c == '\r' || c == '\v' || c == '\f';
 }
 
-/* Skips whitespace and comments, then parses a decimal number. */
-static unsigned long read_number(const unsigned char *s, size_t n, size_t *pos, const char *what) {
+/* Skips whitespace and comments, then parses a decimal number into *value. Returns 0, or
+ * EXIT_BAD_INPUT after reporting. */
+static int read_number(const unsigned char *s, size_t n, size_t *pos, const char *what,
+                       unsigned long *value) {
     size_t i = *pos;
     for (;;) {
         while (i < n && is_space(s[i])) i++;
@@ -27,50 +29,49 @@ static unsigned long read_number(const unsigned char *s, size_t n, size_t *pos, 
         }
         break;
     }
-    if (i >= n || s[i] < '0' || s[i] > '9') fail(EXIT_BAD_INPUT, NAME, "header: expected %s", what);
+    if (i >= n || s[i] < '0' || s[i] > '9') return report(EXIT_BAD_INPUT, "header: expected %s", what);
     unsigned long v = 0;
     while (i < n && s[i] >= '0' && s[i] <= '9') {
         v = v * 10 + (unsigned long)(s[i] - '0');
-        if (v > 1000000ul) fail(EXIT_BAD_INPUT, NAME, "header: %s too large", what);
+        if (v > 1000000ul) return report(EXIT_BAD_INPUT, "header: %s too large", what);
         i++;
     }
     *pos = i;
-    return v;
+    *value = v;
+    return 0;
 }
 
-int main(void) {
-    buf_t in = read_stdin();
-    const unsigned char *s = in.data;
-    size_t n = in.len;
-    if (n < 2 || s[0] != 'P' || s[1] != '6') fail(EXIT_BAD_INPUT, NAME, "not a binary PPM (P6) image");
+static int transform(unsigned char *in, size_t n, buf_t *out) {
+    const unsigned char *s = in;
+    if (n < 2 || s[0] != 'P' || s[1] != '6') return report(EXIT_BAD_INPUT, "not a binary PPM (P6) image");
     size_t pos = 2;
     if (pos >= n || !(is_space(s[pos]) || s[pos] == '#'))
-        fail(EXIT_BAD_INPUT, NAME, "header: expected whitespace after P6");
-    unsigned long width = read_number(s, n, &pos, "width");
-    unsigned long height = read_number(s, n, &pos, "height");
-    unsigned long maxval = read_number(s, n, &pos, "maxval");
+        return report(EXIT_BAD_INPUT, "header: expected whitespace after P6");
+    unsigned long width, height, maxval;
+    int rc;
+    if ((rc = read_number(s, n, &pos, "width", &width))) return rc;
+    if ((rc = read_number(s, n, &pos, "height", &height))) return rc;
+    if ((rc = read_number(s, n, &pos, "maxval", &maxval))) return rc;
     if (width == 0 || height == 0 || width > MAX_DIM || height > MAX_DIM)
-        fail(EXIT_BAD_INPUT, NAME, "header: bad size %lux%lu", width, height);
-    if (maxval != 255) fail(EXIT_BAD_INPUT, NAME, "header: maxval %lu unsupported (need 255)", maxval);
+        return report(EXIT_BAD_INPUT, "header: bad size %lux%lu", width, height);
+    if (maxval != 255) return report(EXIT_BAD_INPUT, "header: maxval %lu unsupported (need 255)", maxval);
     if (pos >= n || !is_space(s[pos]))
-        fail(EXIT_BAD_INPUT, NAME, "header: expected one whitespace byte before the raster");
+        return report(EXIT_BAD_INPUT, "header: expected one whitespace byte before the raster");
     pos++;
 
     unsigned long long pixels = (unsigned long long)width * height;
     unsigned long long have = n - pos;
     if (have < pixels * 3)
-        fail(EXIT_BAD_INPUT, NAME, "raster truncated: %llu bytes, need %llu", have, pixels * 3);
+        return report(EXIT_BAD_INPUT, "raster truncated: %llu bytes, need %llu", have, pixels * 3);
     if (have > pixels * 3)
-        fail(EXIT_BAD_INPUT, NAME, "%llu bytes of trailing data after the raster", have - pixels * 3);
+        return report(EXIT_BAD_INPUT, "%llu bytes of trailing data after the raster", have - pixels * 3);
 
-    buf_t out = {0};
     char header[64];
     int hl = snprintf(header, sizeof header, "P5\n%lu %lu\n255\n", width, height);
-    buf_put(&out, header, (size_t)hl);
-    buf_reserve(&out, (size_t)pixels);
+    buf_put(out, header, (size_t)hl);
+    if (buf_reserve(out, (size_t)pixels)) return report(EXIT_INTERNAL, "out of memory");
     const unsigned char *p = s + pos;
     for (size_t k = 0; k < (size_t)pixels; k++, p += 3)
-        out.data[out.len++] = (unsigned char)((299u * p[0] + 587u * p[1] + 114u * p[2] + 500u) / 1000u);
-    write_stdout(&out);
+        out->data[out->len++] = (unsigned char)((299u * p[0] + 587u * p[1] + 114u * p[2] + 500u) / 1000u);
     return 0;
 }
