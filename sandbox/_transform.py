@@ -438,7 +438,7 @@ class TransformHost:
             if reg.initialize:
                 exports["_initialize"](store)  # type: ignore[operator]
             size = len(data)
-            ptr = exports["agentrt_alloc"](store, size) & _U32  # type: ignore[operator]
+            ptr = _call_i32(store, exports["agentrt_alloc"], size) & _U32
             if ptr == 0:
                 # Refused growth: the module is near the cap, or the input alone cannot fit.
                 used = memory.data_len(store)
@@ -452,15 +452,15 @@ class TransformHost:
                     stderr=err.data,
                 )  # fmt: skip
             ctypes.memmove(_base(memory, store) + ptr, data, size)
-            rc = exports["agentrt_run"](store, ptr, size)  # type: ignore[operator]
+            rc = _call_i32(store, exports["agentrt_run"], ptr, size)
             if rc != 0:
                 raise TransformTrapped(
                     name, f"agentrt_run returned {rc}", exit_code=rc, stderr=err.data
                 )
-            out_len = exports["agentrt_output_len"](store) & _U32  # type: ignore[operator]
+            out_len = _call_i32(store, exports["agentrt_output_len"]) & _U32
             if out_len > limits.max_output_bytes:
                 raise _output_too_large(name, limits)
-            out_ptr = exports["agentrt_output_ptr"](store) & _U32  # type: ignore[operator]
+            out_ptr = _call_i32(store, exports["agentrt_output_ptr"]) & _U32
             if out_ptr + out_len > memory.data_len(store):
                 raise TransformTrapped(
                     name,
@@ -508,6 +508,42 @@ class TransformHost:
         Cancellation waits for the call to finish; it is bounded by ``limits.timeout_s``.
         """
         return await trio.to_thread.run_sync(functools.partial(self.run, name, data, limits=limits))
+
+
+# A call through wasmtime-py's ``Func.__call__`` costs ~25 µs (it rebuilds the function type and
+# converts every value); the same call through the C API it wraps costs ~4 µs, and a buffer-ABI
+# transform makes four calls. So i32 calls go straight to ``wasmtime_func_call``, with the same
+# trap handling (``enter_wasm``). These are wasmtime-py internals: if a release moves them, the
+# import fails and calls fall back to ``Func.__call__`` (slower, same behaviour); the transform
+# tests exercise whichever path is active.
+try:
+    from wasmtime import _ffi as _wffi
+    from wasmtime._func import enter_wasm as _enter_wasm
+
+    _I32_KIND = int(_wffi.WASMTIME_I32.value)
+    _FAST_CALLS = True
+except (ImportError, AttributeError):  # pragma: no cover - depends on the wasmtime release
+    _FAST_CALLS = False
+
+
+def _call_i32(store: wasmtime.Store, func: object, *args: int) -> int:
+    """Call an exported ``(i32...) -> i32`` function; traps raise as with ``Func.__call__``."""
+    assert isinstance(func, wasmtime.Func)  # export kinds and signatures checked at register
+    if not _FAST_CALLS:
+        return int(func(store, *args))
+    n = len(args)
+    params = (_wffi.wasmtime_val_t * n)()
+    for i, value in enumerate(args):
+        params[i].kind = _I32_KIND  # type: ignore[assignment]
+        params[i].of.i32 = value
+    results = (_wffi.wasmtime_val_t * 1)()
+    with _enter_wasm(store) as trap:
+        error = _wffi.wasmtime_func_call(
+            store._context(), ctypes.byref(func._func), params, n, results, 1, trap
+        )
+        if error:
+            raise wasmtime.WasmtimeError._from_ptr(error)
+    return int(results[0].of.i32)
 
 
 def _check_buffer_exports(name: str, exports: Mapping[str, object]) -> None:
