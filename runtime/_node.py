@@ -314,6 +314,10 @@ class Node:
                 raise AgentDefinitionError(f"tool {t.name!r} has no implementation to host")
             self.registry.register(t)
         self._tools = {t.name: t for t in tools}
+        self._tool_subs: dict[str, Subscription] = {}
+        self._actors: trio.Nursery | None = None
+        self._serving_subs: list[Subscription] | None = None
+        self._bucket: ToolBucket | None = None
         self.gate = Gate(self.registry)
         self.name = config.name
         self.subjects = Subjects(config.cluster)
@@ -559,6 +563,51 @@ class Node:
         assert scope.cancelled_caught
         raise DeadlineExceeded(f"tool {t.name}", limit - started, trio.current_time() - started)
 
+    async def _subscribe_tool(self, name: str) -> None:
+        assert self._serving_subs is not None
+        sub = await self._bus.subscribe(
+            self.subjects.tool(name), queue=f"agentrt.tool.{name}",
+            handler=functools.partial(self._on_tool_call, name),
+        )  # fmt: skip
+        self._tool_subs[name] = sub
+        self._serving_subs.append(sub)
+
+    async def host_tool(self, t: Tool) -> None:
+        """Run a tool on this node from now on (a tool that appears at run time, e.g. one an
+        MCP server lists): registered, subscribed, and its spec published to the cluster.
+
+        Hosting a name again replaces the tool (new schema, new implementation).
+
+        Raises:
+            AgentDefinitionError: ``t`` has no implementation.
+            AgentUnavailable: the node is not serving.
+        """
+        if t.func is None:
+            raise AgentDefinitionError(f"tool {t.name!r} has no implementation to host")
+        if self._state is not _State.SERVING:
+            raise AgentUnavailable(f"node {self.name} is {self._state.value}; it hosts no tools")
+        self.registry.register(t)
+        self._tools[t.name] = t
+        if t.name not in self._tool_subs:
+            await self._subscribe_tool(t.name)
+        if self._bucket is not None and self._bucket.available:
+            await self._bucket.put(t.spec)
+
+    async def unhost_tool(self, name: str) -> None:
+        """Stop running a tool here (its server went away); callers get ``AgentUnavailable``."""
+        self._tools.pop(name, None)
+        sub = self._tool_subs.pop(name, None)
+        if sub is not None:
+            if self._serving_subs is not None and sub in self._serving_subs:
+                self._serving_subs.remove(sub)
+            await sub.unsubscribe()
+
+    def _on_tool_call(self, name: str, m: InboundMsg) -> None:
+        t = self._tools.get(name)
+        if t is None or self._actors is None:
+            return  # unhosted between delivery and now: the caller's deadline answers it
+        self._on_tool_message(t, self._actors, m)
+
     def _on_tool_message(self, t: Tool, nursery: trio.Nursery, m: InboundMsg) -> None:
         try:
             env = decode_envelope(m.data)
@@ -796,18 +845,15 @@ class Node:
                             handler=functools.partial(self._on_topic_message, host),
                         )  # fmt: skip
                         subs.append(sub)
-                for tname, t in self._tools.items():
-                    sub = await self._bus.subscribe(
-                        self.subjects.tool(tname), queue=f"agentrt.tool.{tname}",
-                        handler=functools.partial(self._on_tool_message, t, actors),
-                    )  # fmt: skip
-                    subs.append(sub)
+                self._actors, self._serving_subs = actors, subs
+                for tname in list(self._tools):
+                    await self._subscribe_tool(tname)
                 if self.config.share_tools:
                     # Ready only once this node's tools are visible cluster-wide and every
                     # published spec is known here.
-                    bucket = ToolBucket(self._bus, self.config.cluster, self.registry)
+                    self._bucket = ToolBucket(self._bus, self.config.cluster, self.registry)
                     specs = [t.spec for t in self._tools.values()]
-                    await actors.start(bucket.share, specs)  # cancelled with the actors
+                    await actors.start(self._bucket.share, specs)  # cancelled with the actors
                 for name in ("status", "drain") if self._control else ():
                     sub = await self._bus.subscribe(self.subjects.ctl(name), capacity=64)
                     subs.append(sub)

@@ -362,3 +362,23 @@ async def test_tool_bucket_is_followed_again_after_a_server_restart(tmp_path: An
                     assert await client.call_tool("late.cube", {"x": 3}) == 27
     finally:
         server.stop()
+
+
+async def test_tools_hosted_at_run_time_are_gated_and_reach_every_node(
+    nats_url: str, cluster_name: str
+) -> None:
+    def cfg(name: str) -> NodeConfig:
+        return NodeConfig(cluster=cluster_name, name=name, servers=(nats_url,))
+
+    async with open_node(cfg("bridge")) as bridge, open_client(cfg("c")) as client:
+        with trio.fail_after(20):
+            await bridge.host_tool(square)
+            await client.registry.wait_for("late.square")  # the spec went through the bucket
+            assert await client.call_tool("late.square", {"x": 9}) == 81
+            with pytest.raises(GateError):
+                await client.call_tool("late.square", {"x": "nine"})
+            await bridge.unhost_tool("late.square")
+            from agentrt import AgentUnavailable
+
+            with pytest.raises(AgentUnavailable):
+                await client.call_tool("late.square", {"x": 2})
