@@ -1,8 +1,11 @@
-"""Ready-made actors (``agentrt.agents``): the MCP bridge and the LLM agent land here.
+"""Ready-made actors (``agentrt.agents``): the MCP bridge lands here, the LLM agent next.
 
-Empty for now: see the open issues (MCP bridge, model scheduler).
+The MCP bridge (``McpBridge``) runs MCP servers and hosts their tools, gated, on a node.
 """
 
 from __future__ import annotations
 
-__all__: list[str] = []
+from ._mcp import McpBridge as McpBridge
+from ._mcp import McpServerConfig as McpServerConfig
+
+__all__ = ["McpBridge", "McpServerConfig"]

@@ -26,6 +26,7 @@ from ._errors import DeliveryError as DeliveryError
 from ._errors import GateError as GateError
 from ._errors import HandlerFailed as HandlerFailed
 from ._errors import MalformedMessage as MalformedMessage
+from ._errors import McpServerError as McpServerError
 from ._errors import NatsServerError as NatsServerError
 from ._errors import NoHandler as NoHandler
 from ._errors import Overloaded as Overloaded
@@ -79,6 +80,7 @@ __all__ = [
     "HandlerFailed",
     "Kind",
     "MalformedMessage",
+    "McpServerError",
     "Message",
     "NatsServerError",
     "NoHandler",

@@ -22,6 +22,7 @@ AgentrtError
 │       ├── UnknownMessageType   the receiving node does not know that type tag
 │       └── MalformedMessage     the bytes did not decode into the declared type
 ├── ClusterNotRunning            `agentrt status/call/down` found no running cluster
+├── McpServerError               an MCP server failed a call, crashed mid-call or timed out
 └── TransformError               a wasm transform failed to load, run, or fit its output cap
     ├── TransformTimeout         (also TimeoutError) it ran past its wall-clock limit
     ├── TransformOutOfFuel       it executed more instructions than its fuel budget
@@ -52,6 +53,7 @@ __all__ = [
     "GateError",
     "HandlerFailed",
     "MalformedMessage",
+    "McpServerError",
     "NatsServerError",
     "NoHandler",
     "Overloaded",
@@ -201,6 +203,24 @@ class NatsServerError(BusError):
 
 class ClusterNotRunning(AgentrtError):
     """No running cluster was found for this configuration (no state file, or it is stale)."""
+
+
+class McpServerError(AgentrtError):
+    """An MCP server behind the bridge failed a tool call: it answered with an error result,
+    did not answer in time, or its process ended while the call was in flight.
+
+    The bridge raises it on the node that hosts the tool; a caller on another node gets a
+    ``HandlerFailed`` whose ``remote_type`` is ``McpServerError`` and whose message names the
+    server, so the failure is typed on both sides and never a silent hang.
+
+    Attributes:
+        server: the server's name in the bridge configuration (``mcp.<server>.<tool>``).
+        problem: what went wrong (the server's error text, a timeout, a crash).
+    """
+
+    def __init__(self, server: str, problem: str) -> None:
+        self.server, self.problem = server, problem
+        super().__init__(f"MCP server {server!r}: {problem}")
 
 
 class DeliveryError(AgentrtError):
