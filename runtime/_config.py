@@ -28,6 +28,7 @@ __all__ = [
     "ClusterConfig",
     "ClusterSection",
     "DemoSection",
+    "McpSection",
     "NatsSection",
     "NodeSection",
     "load_config",
@@ -62,13 +63,25 @@ class NatsSection(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fiel
     password: str = ""
 
 
+class McpSection(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """``[[nodes.mcp]]``: an MCP server (stdio) whose tools this node bridges into the cluster
+    as ``mcp.<name>.<tool>``."""
+
+    name: str
+    command: list[str]
+    env: dict[str, str] = {}
+    timeout_s: float = 30.0
+
+
 class NodeSection(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
     """``[[nodes]]``: one node kind: its agents (``module:Class``), the tools it runs
-    (``module:function`` decorated with ``@agentrt.tool``), replicas and policy file."""
+    (``module:function`` decorated with ``@agentrt.tool``), the MCP servers it bridges,
+    replicas and policy file."""
 
     name: str
     agents: list[str] = []
     tools: list[str] = []
+    mcp: list[McpSection] = []
     replicas: int = 1
     policy: str = ""
 
@@ -164,6 +177,7 @@ def _check(cfg: ClusterConfig, shown: str) -> None:
     seen_nodes: dict[str, int] = {}
     seen_types: dict[str, str] = {}
     seen_tools: dict[str, str] = {}
+    seen_mcp: set[str] = set()
     for i, node in enumerate(cfg.nodes):
         where = f"$.nodes[{i}]"
         if not _NAME_RE.match(node.name):
@@ -189,11 +203,23 @@ def _check(cfg: ClusterConfig, shown: str) -> None:
                     f"policy file {node.policy!r} not found (relative to {cfg.directory})",
                 )  # fmt: skip
             load_node_policy(cfg, node.name)  # its own ConfigError names the policy file
-        if not node.agents and not node.tools:
+        if not node.agents and not node.tools and not node.mcp:
             raise ConfigError(
                 shown, f"{where}.agents",
                 "list at least one agent (module:Class) or tool (module:function)",
             )  # fmt: skip
+        for j, server in enumerate(node.mcp):
+            if not _NAME_RE.match(server.name) or server.name in seen_mcp:
+                raise ConfigError(
+                    shown, f"{where}.mcp[{j}].name",
+                    f"{server.name!r} must be a unique name of letters, digits, '_' or '-' "
+                    "(its tools become mcp.<name>.<tool>)",
+                )  # fmt: skip
+            seen_mcp.add(server.name)
+            if not server.command:
+                raise ConfigError(shown, f"{where}.mcp[{j}].command",
+                                  "give the argv that starts the server, e.g. "
+                                  '["python", "-m", "mcp_server_time"]')  # fmt: skip
         for j, ref in enumerate(node.tools):
             t = _resolve_tool(cfg, ref, shown, f"{where}.tools[{j}]")
             if seen_tools.get(t.name, ref) != ref:

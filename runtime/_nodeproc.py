@@ -14,6 +14,7 @@ import os
 import signal
 import sys
 
+import msgspec
 import trio
 
 from ._config import (
@@ -66,6 +67,12 @@ async def main(config_path: str, section: str, replica: int, name: str) -> None:
             nursery.start_soon(on_signal)
             if not sys.stdin.isatty():
                 nursery.start_soon(_watch_stdin, stop)
+            mcp = next(n.mcp for n in cfg.nodes if n.name == section)
+            if mcp:
+                from agentrt.agents import McpBridge, McpServerConfig
+
+                servers = [McpServerConfig(**msgspec.structs.asdict(m)) for m in mcp]
+                await nursery.start(McpBridge(node, servers).serve)
             node.bus.publish_nowait(Subjects(cfg.cluster.name).ctl("ready"), name.encode())
             await stop.wait()
             logging.getLogger("agentrt.node").info("node %s draining", name)

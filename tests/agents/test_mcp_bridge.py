@@ -130,3 +130,55 @@ async def test_a_server_that_cannot_start_does_not_block_the_others(
             await client.registry.wait_for("mcp.time.get_current_time")
             result = await client.call_tool("mcp.time.get_current_time", {"timezone": "UTC"})
             assert "UTC" in json.dumps(result)
+
+
+@pytest.mark.slow
+async def test_an_mcp_server_listed_in_agentrt_toml_is_usable_cluster_wide(
+    tmp_path: Path, cluster_name: str
+) -> None:
+    import sys
+    import textwrap
+
+    from agentrt._cluster import Supervisor
+    from agentrt._config import load_config
+
+    (tmp_path / "agentrt.toml").write_text(
+        textwrap.dedent(f"""
+        [cluster]
+        name = "{cluster_name}"
+
+        [[nodes]]
+        name = "bridge"
+
+        [[nodes.mcp]]
+        name = "time"
+        command = ["{sys.executable}", "-m", "mcp_server_time"]
+    """)
+    )
+    sup = Supervisor(load_config(tmp_path))
+
+    async def forever(_: Supervisor) -> None:
+        await trio.sleep_forever()
+
+    async with trio.open_nursery() as nursery:
+        await nursery.start(sup.run, forever)
+        with trio.fail_after(90):
+            await sup.wait_ready()  # the node reports ready once its MCP tools are hosted
+            assert sup.client is not None
+            await sup.client.registry.wait_for("mcp.time.get_current_time")
+            result = await sup.client.call_tool("mcp.time.get_current_time", {"timezone": "UTC"})
+        sup.stop()
+    assert "UTC" in str(result)
+
+
+def test_mcp_entries_are_checked_with_the_config(tmp_path: Path) -> None:
+    from agentrt import ConfigError
+    from agentrt._config import load_config
+
+    (tmp_path / "agentrt.toml").write_text(
+        '[cluster]\nname = "m"\n[[nodes]]\nname = "b"\n[[nodes.mcp]]\nname = "time"\ncommand = []\n'
+    )
+    with pytest.raises(ConfigError) as info:
+        load_config(tmp_path)
+    assert info.value.key == "$.nodes[0].mcp[0].command"
+    assert "give the argv that starts the server" in info.value.problem
