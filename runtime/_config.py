@@ -13,7 +13,7 @@ import math
 import re
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import msgspec
 
@@ -31,6 +31,7 @@ __all__ = [
     "McpSection",
     "NatsSection",
     "NodeSection",
+    "decode_toml",
     "load_config",
     "load_node_policy",
     "owned_partitions",
@@ -40,6 +41,8 @@ __all__ = [
     "resolve_tools",
     "tool_registry",
 ]
+
+T = TypeVar("T")
 
 _NAME_RE = re.compile(r"[A-Za-z0-9_-]{1,64}\Z")
 _REF_RE = re.compile(r"[A-Za-z_][\w.]*:[A-Za-z_]\w*\Z")
@@ -107,6 +110,20 @@ class ClusterConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fi
         return Path(self.path).parent
 
 
+def decode_toml(raw: bytes, type_: type[T], shown: str) -> T:
+    """Decode TOML into ``type_``; any problem is a ``ConfigError`` with msgspec's key path.
+
+    Shared by ``agentrt.toml`` and policy files, so both report errors the same way.
+    """
+    try:
+        return msgspec.toml.decode(raw, type=type_)
+    except msgspec.ValidationError as exc:
+        key, problem = _key_path(str(exc))
+        raise ConfigError(shown, key, problem) from None
+    except msgspec.DecodeError as exc:
+        raise ConfigError(shown, "", f"not valid TOML: {exc}") from None
+
+
 def _key_path(msg: str) -> tuple[str, str]:
     """Split msgspec's "problem - at `$.a.b`" into (key path, problem)."""
     m = re.search(r" - at `([^`]*)`$", msg)
@@ -136,13 +153,7 @@ def load_config(path: str | Path) -> ClusterConfig:
         ) from None
     except OSError as exc:
         raise ConfigError(shown, "", f"cannot read it: {exc.strerror}") from None
-    try:
-        cfg = msgspec.toml.decode(raw, type=ClusterConfig)
-    except msgspec.ValidationError as exc:
-        key, problem = _key_path(str(exc))
-        raise ConfigError(shown, key, problem) from None
-    except msgspec.DecodeError as exc:
-        raise ConfigError(shown, "", f"not valid TOML: {exc}") from None
+    cfg = decode_toml(raw, ClusterConfig, shown)
     cfg = msgspec.structs.replace(cfg, path=str(p.resolve()))
     _check(cfg, shown)
     return cfg

@@ -21,6 +21,7 @@ from pathlib import Path
 
 import msgspec
 from agentrt import ConfigError, PolicyDenied
+from agentrt._config import decode_toml
 
 __all__ = [
     "FileRoot",
@@ -113,7 +114,7 @@ class Policy(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=Tr
         if any(fnmatch.fnmatchcase(name, pattern) for pattern in self.transforms.allow):
             return
         rule = "transforms.allow: no pattern matches (default deny)"
-        audit.warning("denied node=%s action=run_transform transform=%s rule=%s policy=%s",
+        audit.warning("denied node=%s action=run_transform target=%s rule=%s policy=%s",
                       node, name, rule, self.path)  # fmt: skip
         raise PolicyDenied("run transform", name, rule, self.path)
 
@@ -140,11 +141,6 @@ class Policy(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=Tr
         return lines
 
 
-def _key_path(msg: str) -> tuple[str, str]:
-    m = re.search(r" - at `([^`]*)`$", msg)
-    return (m.group(1), msg[: m.start()]) if m else ("", msg)
-
-
 def load_policy(path: str | Path) -> Policy:
     """Read and check a policy file.
 
@@ -158,13 +154,7 @@ def load_policy(path: str | Path) -> Policy:
         raw = p.read_bytes()
     except FileNotFoundError:
         raise ConfigError(shown, "", "policy file not found") from None
-    try:
-        policy = msgspec.toml.decode(raw, type=Policy)
-    except msgspec.ValidationError as exc:
-        key, problem = _key_path(str(exc))
-        raise ConfigError(shown, key, problem) from None
-    except msgspec.DecodeError as exc:
-        raise ConfigError(shown, "", f"not valid TOML: {exc}") from None
+    policy: Policy = decode_toml(raw, Policy, shown)
     for field in ("allow", "deny"):
         for i, pattern in enumerate(getattr(policy.tools, field)):
             if not _GLOB_RE.match(pattern):

@@ -60,10 +60,8 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
-import fnmatch
 import functools
 import hashlib
-import logging
 import math
 import os
 import re
@@ -81,7 +79,6 @@ import msgspec
 import trio
 import wasmtime
 from agentrt import (
-    PolicyDenied,
     TransformError,
     TransformMemoryExceeded,
     TransformOutOfFuel,
@@ -93,7 +90,6 @@ from ._policy import Policy
 
 __all__ = ["Limits", "TransformHost"]
 
-audit = logging.getLogger("agentrt.audit")
 
 TICK_S = 0.01
 _PAGE = 65536
@@ -332,15 +328,19 @@ class TransformHost:
 
     # -- running ------------------------------------------------------------------------------
 
+    def _store(self, limits: Limits, wasi: wasmtime.WasiConfig | None) -> wasmtime.Store:
+        """A fresh store with every limit of ``limits`` applied (both ABIs use it)."""
+        store = wasmtime.Store(self._engine)
+        if wasi is not None:
+            store.set_wasi(wasi)
+        store.set_fuel(limits.fuel)
+        store.set_limits(memory_size=limits.memory_bytes)
+        store.set_epoch_deadline(math.ceil(limits.timeout_s / TICK_S) + 1)
+        return store
+
     def _check_policy(self, name: str) -> None:
-        if self.policy is None:
-            return
-        if any(fnmatch.fnmatchcase(name, p) for p in self.policy.transforms.allow):
-            return
-        rule = "transforms.allow: no pattern matches (default deny)"
-        audit.warning("denied node=%s action=run_transform target=%s rule=%s policy=%s",
-                      self.node, name, rule, self.policy.path)  # fmt: skip
-        raise PolicyDenied("run transform", name, rule, self.policy.path)
+        if self.policy is not None:
+            self.policy.check_transform(name, node=self.node)
 
     @contextlib.contextmanager
     def _stdin(self, data: bytes) -> Iterator[str]:
@@ -393,11 +393,7 @@ class TransformHost:
             wasi.stdin_file = stdin_path
             wasi.stdout_custom = out.write
             wasi.stderr_custom = err.write
-            store = wasmtime.Store(self._engine)
-            store.set_wasi(wasi)
-            store.set_fuel(limits.fuel)
-            store.set_limits(memory_size=limits.memory_bytes)
-            store.set_epoch_deadline(math.ceil(limits.timeout_s / TICK_S) + 1)
+            store = self._store(limits, wasi)
             instance: wasmtime.Instance | None = None
             start = time.monotonic()
             try:
@@ -419,15 +415,12 @@ class TransformHost:
         if not isinstance(data, bytes):
             data = bytes(data)
         err = _Stderr()
-        store = wasmtime.Store(self._engine)
+        wasi = None
         if reg.imports_wasi:
             wasi = wasmtime.WasiConfig()
             wasi.argv = [name]
             wasi.stderr_custom = err.write
-            store.set_wasi(wasi)
-        store.set_fuel(limits.fuel)
-        store.set_limits(memory_size=limits.memory_bytes)
-        store.set_epoch_deadline(math.ceil(limits.timeout_s / TICK_S) + 1)
+        store = self._store(limits, wasi)
         instance: wasmtime.Instance | None = None
         start = time.monotonic()
         try:
