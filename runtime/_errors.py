@@ -23,6 +23,14 @@ AgentrtError
 │       └── MalformedMessage     the bytes did not decode into the declared type
 ├── ClusterNotRunning            `agentrt status/call/down` found no running cluster
 ├── McpServerError               an MCP server failed a call, crashed mid-call or timed out
+├── ModelError                   a model backend failed a call (backend, model, what, fix)
+│   ├── RateLimited              429: the provider asks to wait ``retry_after`` seconds
+│   ├── ModelOverloaded          the provider is down or overloaded (5xx, 529, refused)
+│   ├── ModelTimeout             (also TimeoutError) no complete answer before the deadline
+│   ├── ContextTooLong           the prompt does not fit the model's context window
+│   ├── MalformedModelOutput     the answer (or a tool call in it) could not be read
+│   ├── ModelRequestRejected     the provider refused the request (auth, unknown model, 4xx)
+│   └── NoModelAvailable         the scheduler ran out of models (every tier failed or is full)
 └── TransformError               a wasm transform failed to load, run, or fit its output cap
     ├── TransformTimeout         (also TimeoutError) it ran past its wall-clock limit
     ├── TransformOutOfFuel       it executed more instructions than its fuel budget
@@ -48,18 +56,26 @@ __all__ = [
     "BusError",
     "ClusterNotRunning",
     "ConfigError",
+    "ContextTooLong",
     "DeadlineExceeded",
     "DeliveryError",
     "GateError",
     "HandlerFailed",
     "MalformedMessage",
+    "MalformedModelOutput",
     "McpServerError",
+    "ModelError",
+    "ModelOverloaded",
+    "ModelRequestRejected",
+    "ModelTimeout",
     "NatsServerError",
     "NoHandler",
+    "NoModelAvailable",
     "Overloaded",
     "PayloadTooLarge",
     "PermissionViolation",
     "PolicyDenied",
+    "RateLimited",
     "RemoteError",
     "SchemaError",
     "TransformError",
@@ -221,6 +237,86 @@ class McpServerError(AgentrtError):
     def __init__(self, server: str, problem: str) -> None:
         self.server, self.problem = server, problem
         super().__init__(f"MCP server {server!r}: {problem}")
+
+
+class ModelError(AgentrtError):
+    """A model backend did not produce a usable answer.
+
+    The scheduler decides from the subclass what to do next: wait and retry (``RateLimited``),
+    fall back to the next model (``ModelOverloaded``, ``ModelTimeout``), move up a tier
+    (``MalformedModelOutput``, ``ContextTooLong``) or give up (``ModelRequestRejected``).
+
+    Attributes:
+        backend: the backend's name in ``agentrt.toml``.
+        model: the model asked.
+        problem: what went wrong, with the provider's own words where it gave some.
+        status: the HTTP status, or 0 when there was none (connection, stream, parse).
+    """
+
+    def __init__(self, backend: str, model: str, problem: str, *, status: int = 0) -> None:
+        self.backend, self.model, self.problem, self.status = backend, model, problem, status
+        super().__init__(f"model {model!r} on backend {backend!r}: {problem}")
+
+
+class RateLimited(ModelError):
+    """The provider answered 429; ``retry_after`` is how long it asked to wait (seconds)."""
+
+    def __init__(
+        self, backend: str, model: str, problem: str, *, retry_after: float, status: int = 429
+    ) -> None:
+        self.retry_after = retry_after
+        super().__init__(backend, model, problem, status=status)
+
+
+class ModelOverloaded(ModelError):
+    """The provider is unreachable, failing (5xx) or overloaded (Anthropic 529); try another."""
+
+
+class ModelTimeout(ModelError, TimeoutError):
+    """No complete answer before the deadline (the stream stalled or never started)."""
+
+
+class ContextTooLong(ModelError):
+    """The conversation does not fit the model's context window: shorten it or use a larger
+    model."""
+
+
+class MalformedModelOutput(ModelError):
+    """The provider's answer could not be read: invalid JSON on the wire, or a tool call the
+    model wrote as plain text instead of in the tool-call field.
+
+    Attributes:
+        raw: the offending text (truncated), so the error can be fed back to the model.
+    """
+
+    def __init__(
+        self, backend: str, model: str, problem: str, *, raw: str = "", status: int = 0
+    ) -> None:
+        self.raw = raw[:2000]
+        super().__init__(backend, model, problem, status=status)
+
+
+class ModelRequestRejected(ModelError):
+    """The provider refused the request itself (bad key, unknown model, invalid request):
+    retrying the same request elsewhere will not help until the configuration is fixed."""
+
+
+class NoModelAvailable(ModelError):
+    """The scheduler tried every model it may use for this call and none answered.
+
+    Attributes:
+        attempts: each model tried and why it failed, in order.
+    """
+
+    def __init__(self, actor: str, tier: str, attempts: Sequence[str]) -> None:
+        self.attempts = list(attempts)
+        self.backend, self.model, self.status = "scheduler", "", 0
+        tried = "; ".join(self.attempts) or "no model is configured for it"
+        self.problem = (
+            f"no model could serve {actor!r} from tier {tier!r} up: {tried} "
+            "(check the backends in agentrt.toml [models] and that they are running)"
+        )
+        AgentrtError.__init__(self, self.problem)
 
 
 class DeliveryError(AgentrtError):
