@@ -495,11 +495,13 @@ class Node:
         self._bus.publish_nowait(self.subjects.topic(topic), encode(env))
         await trio.lowlevel.checkpoint()
 
-    async def call_tool(self, name: str, args: Any, *, sender: str = "") -> Any:
+    async def call_tool(self, name: str, args: Any, *, sender: str = "", model: str = "") -> Any:
         """Call a tool through the gate: repaired and validated here, validated again by the
         node that runs it, its result validated against the output schema on both sides.
 
         ``args`` may be a mapping or a model's raw text (fenced, sloppy JSON is repaired).
+        ``model`` labels the gate's counters (which model proposed the call); without it the
+        sender is the label.
 
         Raises:
             PolicyDenied: this node's policy does not allow the tool (audited).
@@ -513,9 +515,9 @@ class Node:
             result = await self._execute_tool(name, checked.args, sender=sender)
             self.gate.check_result(name, result)
         except GateError:
-            self.gate.rejected(name, sender)
+            self.gate.rejected(name, model or sender)
             raise
-        self.gate.metrics.count(sender, name, outcome_of(checked.steps))
+        self.gate.metrics.count(model or sender, name, outcome_of(checked.steps))
         return result
 
     async def call_tool_with(
