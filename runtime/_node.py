@@ -18,7 +18,7 @@ import random
 import re
 import time
 import zlib
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from typing import Any, Protocol, TypeVar, overload
 
@@ -150,6 +150,9 @@ class ToolPolicy(Protocol):
 
     def check_tool(self, tool: str, *, node: str) -> None:
         """Return if ``node`` may call ``tool``; raise ``PolicyDenied`` (and audit) if not."""
+
+    def allowed_tools(self, known: Iterable[str]) -> list[str]:
+        """The names in ``known`` this policy allows (no audit: nothing was attempted)."""
 
 
 class Subjects:
