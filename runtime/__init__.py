@@ -43,6 +43,7 @@ from ._errors import PolicyDenied as PolicyDenied
 from ._errors import RateLimited as RateLimited
 from ._errors import RemoteError as RemoteError
 from ._errors import SchemaError as SchemaError
+from ._errors import StepLimitExceeded as StepLimitExceeded
 from ._errors import TransformError as TransformError
 from ._errors import TransformMemoryExceeded as TransformMemoryExceeded
 from ._errors import TransformOutOfFuel as TransformOutOfFuel
@@ -111,6 +112,7 @@ __all__ = [
     "RemoteError",
     "RestartPolicy",
     "SchemaError",
+    "StepLimitExceeded",
     "Tool",
     "ToolSpec",
     "TransformError",

@@ -31,6 +31,7 @@ AgentrtError
 │   ├── MalformedModelOutput     the answer (or a tool call in it) could not be read
 │   ├── ModelRequestRejected     the provider refused the request (auth, unknown model, 4xx)
 │   └── NoModelAvailable         the scheduler ran out of models (every tier failed or is full)
+├── StepLimitExceeded            an LLM agent used its step budget without a final answer
 └── TransformError               a wasm transform failed to load, run, or fit its output cap
     ├── TransformTimeout         (also TimeoutError) it ran past its wall-clock limit
     ├── TransformOutOfFuel       it executed more instructions than its fuel budget
@@ -78,6 +79,7 @@ __all__ = [
     "RateLimited",
     "RemoteError",
     "SchemaError",
+    "StepLimitExceeded",
     "TransformError",
     "TransformMemoryExceeded",
     "TransformOutOfFuel",
@@ -317,6 +319,25 @@ class NoModelAvailable(ModelError):
             "(check the backends in agentrt.toml [models] and that they are running)"
         )
         AgentrtError.__init__(self, self.problem)
+
+
+class StepLimitExceeded(AgentrtError):
+    """An LLM agent's model kept calling tools (or failing to) for its whole step budget.
+
+    Attributes:
+        actor: the agent id (``type/key``).
+        steps: model calls made.
+        model: the model of the last step (``backend:model``).
+        last_problem: the last failure fed back to the model, if the loop was failing.
+    """
+
+    def __init__(self, actor: str, steps: int, model: str, last_problem: str = "") -> None:
+        self.actor, self.steps, self.model, self.last_problem = actor, steps, model, last_problem
+        tail = f"; last problem: {last_problem}" if last_problem else ""
+        super().__init__(
+            f"{actor}: no final answer after {steps} model steps (last model {model}){tail}; "
+            "raise the agent's max_steps, give it fewer tools, or move it to a larger tier"
+        )
 
 
 class DeliveryError(AgentrtError):
