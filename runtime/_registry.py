@@ -5,34 +5,28 @@ tool, history 1). Every node follows the bucket and registers what it sees, so a
 appears at run time (an MCP server's, later) is known to every sender without a config change,
 and a changed schema replaces the old validator everywhere.
 
-Why JetStream over the core protocol instead of nats-py's KV client: the bus is the trio-native
-client (``_trionats.py``), and a KV bucket is a stream plus a few JSON API requests; speaking
-them directly keeps one connection per node and no thread. What is used: ``STREAM.CREATE``
-(idempotent: "already in use" with the same config is fine), a publish to ``$KV.<bucket>.<key>``
-answered by a PubAck, and an ephemeral push consumer with ``deliver_policy=last_per_subject``
-that first replays the current value of every key, then delivers updates.
+The bucket is a ``KvBucket`` (``_kv.py``: JetStream over the core protocol on the node's own
+trio connection); this module adds what is particular to tool specs: put every hosted spec,
+replay and register every key before the node reports ready, and do both again after each
+reconnection.
 """
 
 from __future__ import annotations
 
-import json
 import logging
-from typing import Any
 
 import msgspec
 import trio
 
 from ._bus import InboundMsg, Subscription, Transport
-from ._envelope import new_id
 from ._errors import AgentUnavailable, BusError, SchemaError
+from ._kv import API_TIMEOUT_S, KvBucket
 from ._tools import ToolRegistry, ToolSpec
 
 __all__ = ["ToolBucket"]
 
 log = logging.getLogger("agentrt.registry")
 
-_API_TIMEOUT_S = 5.0
-_STREAM_IN_USE = 10058  # JetStream error code: stream name already in use
 _warned = False  # the "no JetStream" warning is printed once per process
 
 
@@ -41,20 +35,16 @@ class ToolBucket:
 
     def __init__(self, bus: Transport, cluster: str, registry: ToolRegistry) -> None:
         self._bus, self._registry = bus, registry
-        self.bucket = f"agentrt_tools_{cluster}"
-        self.stream = f"KV_{self.bucket}"
-        self.prefix = f"$KV.{self.bucket}."
-        self.available = True
+        self._kv = KvBucket(bus, f"agentrt_tools_{cluster}")
+        self.bucket = self._kv.bucket
         self.seen = 0
         self._replayed = trio.Event()
         self._replay_size: int | None = None
         self._subscription: Subscription | None = None
 
-    async def _api(self, subject: str, body: dict[str, Any]) -> dict[str, Any]:
-        with trio.fail_after(_API_TIMEOUT_S):
-            reply = await self._bus.request(subject, json.dumps(body).encode())
-        answer: dict[str, Any] = json.loads(reply.data)
-        return answer
+    @property
+    def available(self) -> bool:
+        return self._kv.available
 
     async def ensure(self) -> bool:
         """Create the bucket's stream if needed; False (and a warning) without JetStream.
@@ -62,29 +52,16 @@ class ToolBucket:
         Raises:
             BusError: JetStream refused the stream for another reason than "already exists".
         """
-        config = {
-            "name": self.stream, "subjects": [f"{self.prefix}>"], "retention": "limits",
-            "max_msgs_per_subject": 1, "max_bytes": -1, "max_age": 0, "max_msg_size": -1,
-            "storage": "file", "discard": "new", "num_replicas": 1, "duplicate_window": 0,
-            "allow_rollup_hdrs": True, "deny_delete": True, "allow_direct": True,
-        }  # fmt: skip
-        try:
-            answer = await self._api(f"$JS.API.STREAM.CREATE.{self.stream}", config)
-        except (AgentUnavailable, trio.TooSlowError):
-            self.available = False
-            global _warned
-            if _warned:
-                return False
+        if await self._kv.ensure():
+            return True
+        global _warned
+        if not _warned:
             _warned = True
             log.warning(
                 "JetStream is not available on this NATS server: tool specs are shared "
                 "from agentrt.toml only (enable JetStream to share tools registered at run time)"
             )
-            return False
-        error = answer.get("error")
-        if error and error.get("err_code") != _STREAM_IN_USE:
-            raise BusError(f"JetStream refused the tool bucket {self.bucket}: {error}")
-        return True
+        return False
 
     async def share(
         self,
@@ -119,19 +96,14 @@ class ToolBucket:
         Raises:
             BusError: JetStream did not store it.
         """
-        if not self.available:
-            return
-        with trio.fail_after(_API_TIMEOUT_S):
-            reply = await self._bus.request(f"{self.prefix}{spec.name}", msgspec.json.encode(spec))
-        ack = json.loads(reply.data) if reply.data else {}
-        if "error" in ack or "seq" not in ack:
-            raise BusError(f"JetStream did not store the spec of {spec.name!r}: {ack}")
+        if self.available:
+            await self._kv.put(spec.name, msgspec.json.encode(spec))
 
     def _on_update(self, m: InboundMsg) -> None:
         # Called by the bus reader for each delivered key; must not raise.
-        if not m.subject.startswith(self.prefix) or not m.data:
+        name = self._kv.key_of(m.subject)
+        if name is None or not m.data:
             return  # heartbeats and flow-control messages carry no data
-        name = m.subject[len(self.prefix) :]
         try:
             spec = msgspec.json.decode(m.data, type=ToolSpec)
             self._registry.register_spec(spec)
@@ -151,24 +123,12 @@ class ToolBucket:
         if self._subscription is not None:  # following again, after a reconnection
             await self._subscription.unsubscribe()
         self.seen, self._replay_size, self._replayed = 0, None, trio.Event()
-        inbox = f"_INBOX.{new_id()}"
-        self._subscription = await self._bus.subscribe(inbox, handler=self._on_update)
-        consumer = {
-            "stream_name": self.stream,
-            "config": {
-                "deliver_subject": inbox, "deliver_policy": "last_per_subject",
-                "ack_policy": "none", "filter_subject": f"{self.prefix}>",
-                "mem_storage": True, "inactive_threshold": 60_000_000_000,
-                "flow_control": False, "num_replicas": 1,
-            },
-        }  # fmt: skip
-        answer = await self._api(f"$JS.API.CONSUMER.CREATE.{self.stream}", consumer)
-        if "error" in answer:
-            raise BusError(f"JetStream refused a consumer on {self.bucket}: {answer['error']}")
-        # The replay may start before this answer is read: count from the first delivery.
-        self._replay_size = pending = int(answer.get("num_pending", 0))
+        self._subscription, pending = await self._kv.watch(self._on_update)
+        # The replay may start before the consumer's answer is read: count from the first
+        # delivery.
+        self._replay_size = pending
         if self.seen >= pending:
             self._replayed.set()
-        with trio.fail_after(_API_TIMEOUT_S):
+        with trio.fail_after(API_TIMEOUT_S):
             await self._replayed.wait()
         return pending
