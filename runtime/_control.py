@@ -6,7 +6,7 @@ import msgspec
 
 from ._gate import GateCount
 
-__all__ = ["AgentStats", "NodeStatus"]
+__all__ = ["AgentStats", "McpServerHealth", "NodeStatus"]
 
 
 class AgentStats(msgspec.Struct, kw_only=True):
@@ -39,6 +39,27 @@ class AgentStats(msgspec.Struct, kw_only=True):
     overloaded: int = 0
 
 
+class McpServerHealth(msgspec.Struct, kw_only=True):
+    """One MCP server behind a node's bridge (``agentrt status`` shows a row per server).
+
+    Attributes:
+        name: the server's name (its tools are ``mcp.<name>.<tool>``).
+        transport: ``stdio`` or ``http``.
+        state: ``starting`` (first connection), ``ready``, ``restarting`` (reconnecting after
+            a failure) or ``down`` (the last attempt failed; waiting out the backoff).
+        restarts: times its tools were hosted again after the server was lost.
+        last_error: why the server was last lost or refused ("" if never).
+        tools: tools currently hosted for it.
+    """
+
+    name: str
+    transport: str
+    state: str
+    restarts: int = 0
+    last_error: str = ""
+    tools: int = 0
+
+
 class NodeStatus(msgspec.Struct, kw_only=True):
     """A node's answer to ``ctl.status``.
 
@@ -51,6 +72,7 @@ class NodeStatus(msgspec.Struct, kw_only=True):
         malformed: bus messages that could not be decoded (bad bytes, unknown type, bad payload).
         gate: schema-gate counters per (model, tool, outcome) seen by this node.
         tools: the tools this node runs.
+        mcp: the MCP servers this node bridges, with their health.
     """
 
     node: str
@@ -61,3 +83,4 @@ class NodeStatus(msgspec.Struct, kw_only=True):
     malformed: int = 0
     gate: list[GateCount] = []
     tools: list[str] = []
+    mcp: list[McpServerHealth] = []

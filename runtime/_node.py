@@ -341,6 +341,8 @@ class Node:
         self._stop = trio.Event()
         self._started_at = 0.0
         self.malformed = 0
+        # Components that run beside the node (the MCP bridge) add their part of the status.
+        self.status_hooks: list[Callable[[NodeStatus], None]] = []
 
     # ------------------------------------------------------------------ sending
 
@@ -769,8 +771,8 @@ class Node:
             delivery.fail(code, str(exc), agent=f"{host.type}/{key}")
 
     def status(self) -> NodeStatus:
-        """A snapshot of this node's counters."""
-        return NodeStatus(
+        """A snapshot of this node's counters (``status_hooks`` fill in their parts)."""
+        status = NodeStatus(
             node=self.name,
             pid=os.getpid(),
             uptime_s=round(trio.current_time() - self._started_at, 3) if self._started_at else 0,
@@ -780,6 +782,9 @@ class Node:
             gate=self.gate.metrics.snapshot(),
             tools=sorted(self._tools),
         )
+        for hook in self.status_hooks:
+            hook(status)
+        return status
 
     def _on_control(self, m: InboundMsg) -> None:
         if m.subject.endswith(".status"):
