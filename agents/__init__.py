@@ -5,7 +5,10 @@ The MCP bridge (``McpBridge``) runs MCP servers and hosts their tools, gated, on
 
 from __future__ import annotations
 
+from ._llm import LlmAgent as LlmAgent
+from ._llm import LlmReply as LlmReply
+from ._llm import LlmTask as LlmTask
 from ._mcp import McpBridge as McpBridge
 from ._mcp import McpServerConfig as McpServerConfig
 
-__all__ = ["McpBridge", "McpServerConfig"]
+__all__ = ["LlmAgent", "LlmReply", "LlmTask", "McpBridge", "McpServerConfig"]
