@@ -37,7 +37,9 @@ __all__ = [
     "LlmAgent",
     "LlmReply",
     "LlmTask",
+    "ModelProposer",
     "Offered",
+    "fill_tool_call",
     "offered_tools",
     "run_tool_loop",
 ]
@@ -110,6 +112,10 @@ class _Node(Protocol):
 
     async def call_tool(
         self, name: str, args: Any, *, sender: str = "", model: str = ""
+    ) -> Any: ...
+
+    async def call_tool_with(
+        self, name: str, model: Any, *, escalate: Any = None, sender: str = ""
     ) -> Any: ...
 
 
@@ -336,3 +342,67 @@ class LlmAgent(Agent):  # type: ignore[misc]
             )
         session: ChatSession = scheduler.session(str(self.id), self.agent_type)
         return session
+
+
+class ModelProposer:
+    """Asks a model for the arguments of one tool (the tool forced with ``tool_choice``): the
+    ``Proposer`` the gate's fallback ladder drives (``Node.call_tool_with``).
+
+    A reply that is text instead of a tool call (small models do that) is handed to the gate
+    as it is: the gate's repair often recovers the JSON, and if not, its compact error goes back
+    to the model on the next attempt.
+    """
+
+    def __init__(self, session: ChatSession, offered: Offered, messages: Sequence[ChatMessage]):
+        self.session, self.offered, self.messages = session, offered, list(messages)
+        self.model = session.model  # the label the gate counts this proposer's calls under
+        self._last = ""
+
+    async def propose(self, feedback: str | None) -> Any:
+        messages = list(self.messages)
+        if feedback is not None:
+            messages.append(ChatMessage(role="assistant", content=self._last))
+            messages.append(
+                ChatMessage(role="user", content=f"{feedback}\nCall {self.offered.name} again.")
+            )
+        tool = self.offered.definition
+        try:
+            response = await self.session.chat(messages, tools=(tool,), tool_choice=tool.name)
+        except MalformedModelOutput as exc:
+            self._last = exc.raw
+        else:
+            calls = response.message.tool_calls
+            self._last = calls[0].arguments if calls else response.message.content
+        self.model = self.session.model
+        return self._last
+
+
+async def fill_tool_call(
+    node: _Node, session: ChatSession, tool: str, messages: Sequence[ChatMessage], *, sender: str
+) -> Any:
+    """Have the session's model fill in one call of ``tool`` from ``messages``, and run it.
+
+    The gate's ladder applies (retry with the error fed back, then escalation to the next tier
+    through the scheduler, then the tool's ``Fallback.degrade``). Returns the ``GateResult``.
+
+    Raises:
+        GateError: every rung failed and the tool's fallback is ``fail``.
+        PolicyDenied: the node's policy does not allow ``tool``.
+    """
+    known = node.registry.get(tool)  # unknown: the gate raises its GateError below
+    offered = Offered(
+        tool,
+        ToolDef(
+            name=_wire_name(tool, set()),
+            description=known.spec.description or tool if known else tool,
+            parameters=known.spec.input_schema if known else {"type": "object"},
+        ),
+    )
+    proposer = ModelProposer(session, offered, messages)
+
+    async def escalate(err: GateError) -> ModelProposer | None:
+        if not session.escalate(f"gate failures on {tool}: {err.render_compact()[:200]}"):
+            return None
+        return ModelProposer(session, offered, messages)
+
+    return await node.call_tool_with(tool, proposer, escalate=escalate, sender=sender)

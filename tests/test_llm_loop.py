@@ -340,3 +340,36 @@ async def test_an_llm_agent_without_models_says_how_to_configure_them(
 
 
 assert agentrt  # the package is imported for its side effects on message registration
+
+
+async def test_fill_tool_call_runs_the_gate_ladder_and_escalates_through_the_session(
+    nats_url: str, cluster_name: str
+) -> None:
+    from agentrt.agents._llm import fill_tool_call
+
+    session = ScriptedSession(
+        {
+            # retries = 2 (the default Fallback): three invalid proposals, then escalation
+            "small": [text("city is Oslo"), call("weather__get", "{}"), call("weather__get", "[]")],
+            # the large model writes the call as fenced text: the gate repairs it
+            "large": [text('```json\n{"city": "Oslo", "days": "3"}\n```')],
+        }
+    )
+    prompt = [ChatMessage(role="user", content="Weather in Oslo for 3 days")]
+    async with open_node(config(nats_url, cluster_name), tools=TOOLS) as node:
+        result = await fill_tool_call(node, session, "weather.get", prompt, sender="a/1")
+        m = node.gate.metrics
+        assert m.get("double:small-model", "weather.get", Outcome.RETRIED) == 2
+        assert m.get("double:small-model", "weather.get", Outcome.ESCALATED) == 1
+        assert m.get("double:large-model", "weather.get", Outcome.REPAIRED) == 1
+    assert (result.value, result.model, result.attempts) == (
+        {"city": "Oslo", "temp_c": 21}, "double:large-model", 4,
+    )  # fmt: skip
+    assert runs == [{"city": "Oslo", "days": 3}]
+    assert session.escalations == [
+        "gate failures on weather.get: weather.get input invalid:\n/: type: want object, got []"
+    ]
+    # The forced tool choice and the fed-back error, as the model saw them.
+    retry = session.seen[1]
+    assert retry[-1].content.startswith("weather.get input invalid:\n")
+    assert retry[-1].content.endswith("\nCall weather__get again.")
