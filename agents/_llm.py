@@ -363,7 +363,9 @@ class ModelProposer:
         if feedback is not None:
             messages.append(ChatMessage(role="assistant", content=self._last))
             messages.append(
-                ChatMessage(role="user", content=f"{feedback}\nCall {self.offered.name} again.")
+                ChatMessage(
+                    role="user", content=f"{feedback}\nCall {self.offered.definition.name} again."
+                )
             )
         tool = self.offered.definition
         try:

@@ -371,5 +371,5 @@ async def test_fill_tool_call_runs_the_gate_ladder_and_escalates_through_the_ses
     ]
     # The forced tool choice and the fed-back error, as the model saw them.
     retry = session.seen[1]
-    assert retry[-1].content.startswith("weather.get input invalid:\n")
+    assert retry[-1].content.startswith("weather.get parse invalid:\n/: json: want a JSON object")
     assert retry[-1].content.endswith("\nCall weather__get again.")
