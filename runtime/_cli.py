@@ -22,6 +22,7 @@ from rich import box
 from rich.console import Console
 from rich.table import Table
 
+from ._cache import CacheMetrics, CacheOutcome
 from ._cluster import (
     READY_WAIT_S,
     ClusterStatus,
@@ -424,12 +425,17 @@ def metrics(path: str | None, config: str | None) -> None:
 
 
 def render_prometheus(nodes: list[NodeStatus]) -> str:
-    """Gate counters summed over nodes, and per-node agent counters, as Prometheus text."""
+    """Gate and tool-cache counters summed over nodes, and per-node agent counters, as
+    Prometheus text."""
     gate = GateMetrics()
     for n in nodes:
         for c in n.gate:
             gate.count(c.model, c.tool, Outcome(c.outcome), c.count)
-    lines = [gate.prometheus().rstrip("\n")]
+    cache = CacheMetrics()
+    for n in nodes:
+        for cc in n.cache:
+            cache.count(cc.tool, CacheOutcome(cc.outcome), cc.count)
+    lines = [gate.prometheus().rstrip("\n"), cache.prometheus().rstrip("\n")]
     lines += [
         "# HELP agentrt_agent_messages_total Messages per node, agent type and result.",
         "# TYPE agentrt_agent_messages_total counter",

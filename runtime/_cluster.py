@@ -112,7 +112,7 @@ def node_config_from_state(cfg: ClusterConfig, state: ClusterState, name: str) -
         user=state.user or None, password=state.password or None,
         default_deadline_s=cfg.cluster.default_deadline_s,
         drain_timeout_s=cfg.cluster.drain_timeout_s, idle_timeout_s=cfg.cluster.idle_timeout_s,
-        partitions=partitions(cfg),
+        partitions=partitions(cfg), tool_rules=cfg.tools,
     )  # fmt: skip
 
 
@@ -431,7 +431,7 @@ def node_users(cfg: ClusterConfig) -> dict[str, NatsUser]:
         hosted = [t.name for t in resolve_tools(cfg, node.name)]
         publish, subscribe = nats_permissions(
             policy, cluster=cfg.cluster.name, agents=agents, hosted_tools=hosted,
-            known_tools=known,
+            known_tools=known, cache=True,
         )  # fmt: skip
         user = NatsUser.generate(f"node-{node.name}")
         users[node.name] = NatsUser(

@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import msgspec
 
 from ._agent import Agent
+from ._cache import ToolRule, check_tool_rules
 from ._errors import ConfigError
 
 if TYPE_CHECKING:
@@ -103,6 +104,7 @@ class ClusterConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fi
     nodes: list[NodeSection]
     nats: NatsSection = NatsSection()
     demo: DemoSection | None = None
+    tools: dict[str, ToolRule] = {}  # [tools."<name-or-glob>"]: cache TTL and skip rules
     path: str = ""  # filled by load_config: where the file was read from
 
     @property
@@ -250,6 +252,8 @@ def _check(cfg: ClusterConfig, shown: str) -> None:
                     f"{seen_types[cls.agent_type]}; give one class another agent_type",
                 )  # fmt: skip
             seen_types[cls.agent_type] = owner
+    if cfg.tools:
+        check_tool_rules(cfg.tools, {t.name: t for t in tool_registry(cfg)}, shown)
     if cfg.demo is not None:
         fn = resolve_callable(cfg, cfg.demo.job, shown, "$.demo.job")
         if not inspect.iscoroutinefunction(fn):

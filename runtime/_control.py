@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import msgspec
 
+from ._cache import CacheCount
 from ._gate import GateCount
 
 __all__ = ["AgentStats", "McpServerHealth", "NodeStatus"]
@@ -73,6 +74,7 @@ class NodeStatus(msgspec.Struct, kw_only=True):
         gate: schema-gate counters per (model, tool, outcome) seen by this node.
         tools: the tools this node runs.
         mcp: the MCP servers this node bridges, with their health.
+        cache: tool-result cache counters per (tool, outcome) on this node.
     """
 
     node: str
@@ -84,3 +86,4 @@ class NodeStatus(msgspec.Struct, kw_only=True):
     gate: list[GateCount] = []
     tools: list[str] = []
     mcp: list[McpServerHealth] = []
+    cache: list[CacheCount] = []

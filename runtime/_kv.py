@@ -21,19 +21,43 @@ from __future__ import annotations
 
 import json
 import math
+from datetime import datetime
 from typing import Any
 
+import msgspec
 import trio
 
 from ._bus import MessageHandler, Subscription, Transport
 from ._envelope import new_id
 from ._errors import AgentUnavailable, BusError
 
-__all__ = ["KvBucket"]
+__all__ = ["KvBucket", "KvEntry"]
 
 API_TIMEOUT_S = 5.0
 _STREAM_IN_USE = 10058  # JetStream error code: stream name already in use
 _NOT_FOUND = "404"
+
+
+class KvEntry(msgspec.Struct, frozen=True, kw_only=True):
+    """One key's current value, as the server stored it.
+
+    Attributes:
+        value: the bytes.
+        seq: its sequence number in the stream.
+        stored_at: when the server stored it (Unix seconds from the server's own stamp, which
+            the writer cannot choose), or NaN if the server sent none.
+    """
+
+    value: bytes
+    seq: int
+    stored_at: float
+
+
+def _timestamp(stamp: str) -> float:
+    try:
+        return datetime.fromisoformat(stamp).timestamp()
+    except ValueError:
+        return math.nan
 
 
 class KvBucket:
@@ -109,8 +133,8 @@ class KvBucket:
             raise BusError(f"JetStream did not store the key {key!r} of {self.bucket}: {ack}")
         return int(ack["seq"])
 
-    async def get(self, key: str) -> bytes | None:
-        """The current value of ``key`` (one direct-get round trip), or None if there is none.
+    async def get(self, key: str) -> KvEntry | None:
+        """The current entry of ``key`` (one direct-get round trip), or None if there is none.
 
         Raises:
             AgentUnavailable: nobody answers direct gets for the stream (no JetStream, or the
@@ -121,15 +145,19 @@ class KvBucket:
         body = json.dumps({"last_by_subj": self.subject(key)}).encode()
         with trio.fail_after(API_TIMEOUT_S):
             reply = await self._bus.request(f"$JS.API.DIRECT.GET.{self.stream}", body)
-        status = (reply.headers or {}).get("Status")
-        if status == _NOT_FOUND:
+        headers = reply.headers or {}
+        status = headers.get("Status")
+        if status == _NOT_FOUND or headers.get("KV-Operation") in ("DEL", "PURGE"):
             return None
         if status:
-            description = (reply.headers or {}).get("Description", "")
             raise BusError(
-                f"direct get of {key!r} from {self.bucket} failed: {status} {description}"
+                f"direct get of {key!r} from {self.bucket} failed: {status} "
+                f"{headers.get('Description', '')}"
             )
-        return reply.data
+        return KvEntry(
+            value=reply.data, seq=int(headers.get("Nats-Sequence", 0)),
+            stored_at=_timestamp(headers.get("Nats-Time-Stamp", "")),
+        )  # fmt: skip
 
     async def watch(self, handler: MessageHandler) -> tuple[Subscription, int]:
         """Deliver the current value of every key to ``handler``, then every update.

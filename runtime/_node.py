@@ -29,6 +29,7 @@ import trio
 from ._actor import ActorHost, Delivery, current_trace_id
 from ._agent import Agent
 from ._bus import InboundMsg, Subscription, Transport
+from ._cache import MISS, ToolCache, ToolRule
 from ._connect import open_bus
 from ._control import NodeStatus
 from ._envelope import (
@@ -98,6 +99,8 @@ class NodeConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_field
         owned: agent type -> the partition this node serves (default 0).
         share_tools: publish this node's tool specs to, and follow, the cluster's JetStream
             tool bucket (see ``_registry.py``); without JetStream the registry stays local.
+        tool_rules: ``[tools."<name-or-glob>"]`` of agentrt.toml: result-cache TTLs and skip
+            rules (``_cache.py``).
     """
 
     cluster: str = "default"
@@ -111,6 +114,7 @@ class NodeConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_field
     share_tools: bool = True
     partitions: dict[str, int] = msgspec.field(default_factory=dict)
     owned: dict[str, int] = msgspec.field(default_factory=dict)
+    tool_rules: dict[str, ToolRule] = msgspec.field(default_factory=dict)
 
 
 def _new_trace_id() -> str:
@@ -322,6 +326,7 @@ class Node:
         self._serving_subs: list[Subscription] | None = None
         self._bucket: ToolBucket | None = None
         self.gate = Gate(self.registry)
+        self.cache = ToolCache(bus, config.cluster, self.registry, config.tool_rules)
         self.name = config.name
         self.subjects = Subjects(config.cluster)
         types: dict[str, type[Agent]] = {}
@@ -517,7 +522,7 @@ class Node:
             self.policy.check_tool(name, node=self.name)
         try:
             checked = self.gate.check_call(name, args)
-            result = await self._execute_tool(name, checked.args, sender=sender)
+            result = await self._call_checked(name, checked.args, sender=sender)
             self.gate.check_result(name, result)
         except GateError:
             self.gate.rejected(name, model or sender)
@@ -537,9 +542,23 @@ class Node:
         if self.policy is not None:
             self.policy.check_tool(name, node=self.name)
         return await self.gate.call(
-            name, model, functools.partial(self._execute_tool, name, sender=sender),
+            name, model, functools.partial(self._call_checked, name, sender=sender),
             escalate=escalate,
         )  # fmt: skip
+
+    async def _call_checked(self, name: str, args: dict[str, Any], *, sender: str = "") -> Any:
+        """Gated arguments -> result: a skip rule's value, the cluster's cached result, or the
+        tool run (a local run is cached here; a remote node caches its own runs)."""
+        rule = self.cache.skip_rule(name)
+        if rule is not None:
+            return rule.result
+        cached = await self.cache.lookup(name, args)
+        if cached is not MISS:
+            return cached
+        result = await self._execute_tool(name, args, sender=sender)
+        if name in self._tools:
+            await self.cache.store(name, args, result)
+        return result
 
     async def _execute_tool(self, name: str, args: dict[str, Any], *, sender: str = "") -> Any:
         """Run already-checked arguments, here or on the tool's node; returns the raw result."""
@@ -667,6 +686,8 @@ class Node:
         except (TypeError, msgspec.EncodeError) as exc:
             fail(ErrorCode.HANDLER_FAILED, f"result is not JSON-encodable: {exc}", "TypeError")
             return
+        # Stored before answering, so the caller's next identical call finds it.
+        await self.cache.store(t.name, args, result)
         if responder is not None:
             responder.ok_json("agentrt.tool_result", payload)
 
@@ -781,6 +802,7 @@ class Node:
             malformed=self.malformed,
             gate=self.gate.metrics.snapshot(),
             tools=sorted(self._tools),
+            cache=self.cache.metrics.snapshot(),
         )
         for hook in self.status_hooks:
             hook(status)
@@ -864,6 +886,7 @@ class Node:
                     self._bucket = ToolBucket(self._bus, self.config.cluster, self.registry)
                     specs = [t.spec for t in self._tools.values()]
                     await actors.start(self._bucket.share, specs)  # cancelled with the actors
+                await self.cache.open()
                 for name in ("status", "drain") if self._control else ():
                     sub = await self._bus.subscribe(self.subjects.ctl(name), capacity=64)
                     subs.append(sub)

@@ -18,6 +18,7 @@ __all__ = ["nats_permissions"]
 def nats_permissions(
     policy: Policy | None, *, cluster: str, agents: Iterable[tuple[str, tuple[str, ...]]],
     hosted_tools: Iterable[str], known_tools: Iterable[str], node_name: str = "",
+    cache: bool = False,
 ) -> tuple[list[str], list[str]]:  # fmt: skip
     """(publish, subscribe) subject lists for one node kind.
 
@@ -31,6 +32,9 @@ def nats_permissions(
         node_name: the node's name; if given, the node may send files to any node
             (``files.>``) and receive them on its own subject (``files.<node_name>``) only.
             Without it the node takes no part in file transfer.
+        cache: take part in the tool-result cache (``agentrt_cache_<cluster>``): read any
+            entry with a direct get, write entries only under the tools it hosts
+            (``$KV.<bucket>.<tool>.*``: the hash is one token, so no other tool's keys).
     """
     root = f"agentrt.{cluster}"
     bucket = f"agentrt_tools_{cluster}"
@@ -48,6 +52,13 @@ def nats_permissions(
     ]
     if node_name:
         publish.append(f"{root}.files.>")  # FileTransfer.send; the receiver's policy decides
+    if cache:
+        stream = f"KV_agentrt_cache_{cluster}"
+        publish += [
+            f"$JS.API.STREAM.CREATE.{stream}",
+            f"$JS.API.DIRECT.GET.{stream}",
+            *(f"$KV.agentrt_cache_{cluster}.{t}.*" for t in sorted(set(hosted_tools))),
+        ]
     subscribe = ["_INBOX.>", f"{root}.ctl.status", f"{root}.ctl.drain"]
     for agent_type, topics in agents:
         subscribe.append(f"{root}.agent.{agent_type}.>")
