@@ -54,8 +54,14 @@ class ChatSession(Protocol):
     """What the loop needs of a model: the scheduler's ``ModelSession`` is one."""
 
     actor: str
-    tier: str
-    model: str
+
+    @property
+    def tier(self) -> str:
+        """The tier the next call goes to."""
+
+    @property
+    def model(self) -> str:
+        """``backend:model`` that serves the next call (or served the last)."""
 
     async def chat(
         self,
