@@ -1,0 +1,46 @@
+"""``make_backend``: a backend from its ``[models.backends.<name>]`` settings."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Final
+
+from ._ollama import OllamaBackend
+from ._types import ModelBackend
+
+__all__ = ["KINDS", "make_backend"]
+
+_CLASSES: Final = {
+    "ollama": OllamaBackend,
+}
+KINDS: Final = tuple(sorted(_CLASSES))
+"""The protocols a backend can speak."""
+
+
+def make_backend(
+    kind: str,
+    *,
+    name: str,
+    url: str,
+    api_key: str | None = None,
+    timeout_s: float = 120.0,
+    stall_timeout_s: float = 30.0,
+    headers: Mapping[str, str] | None = None,
+) -> ModelBackend:
+    """The backend for ``kind``; close it with ``aclose`` (it owns a connection pool).
+
+    Raises:
+        ValueError: ``kind`` is not one of ``KINDS`` (``agentrt.toml`` checks this earlier,
+            with the file and key; this is the last line for callers building backends by hand).
+    """
+    cls = _CLASSES.get(kind)
+    if cls is None:
+        raise ValueError(f"backend {name!r}: unknown kind {kind!r}; use one of {', '.join(KINDS)}")
+    return cls(
+        name,
+        url,
+        api_key=api_key,
+        timeout_s=timeout_s,
+        stall_timeout_s=stall_timeout_s,
+        headers=headers,
+    )
