@@ -7,6 +7,7 @@ with the class, the method and the fix, not at the first message in production.
 from __future__ import annotations
 
 import inspect
+import re
 import types
 import typing
 from collections.abc import Awaitable, Callable
@@ -15,12 +16,13 @@ from typing import TYPE_CHECKING, Any, ClassVar, TypeVar, overload
 
 import msgspec
 
-from ._errors import AgentDefinitionError
+from ._errors import AgentDefinitionError, ConfigError
 from ._ids import AgentId
 from ._messages import message_tag, register_message
 
 if TYPE_CHECKING:
     from ._node import Node
+    from ._scheduler import ModelSession
 
 __all__ = ["Agent", "Handler", "RestartPolicy"]
 
@@ -125,6 +127,8 @@ class Agent:
       load-balanced across replicas).
     * ``restart``: the :class:`RestartPolicy` applied when a handler raises.
     * ``mailbox_size``: messages queued per actor before senders get ``Overloaded``.
+    * ``tier`` / ``model``: the model tier (``small``/``medium``/``large``) or the
+      ``"<backend>:<model>"`` its actors start on; ``[models.agents.<type>]`` overrides them.
     """
 
     agent_type: ClassVar[str] = ""
@@ -132,6 +136,8 @@ class Agent:
     restart: ClassVar[RestartPolicy] = RestartPolicy()
     mailbox_size: ClassVar[int] = 256
     handlers: ClassVar[dict[str, Handler]] = {}
+    tier: ClassVar[str | None] = None
+    model: ClassVar[str | None] = None
 
     id: AgentId
     _node: Node
@@ -152,6 +158,15 @@ class Agent:
         if not isinstance(cls.restart, RestartPolicy):
             raise AgentDefinitionError(
                 f"{cls.__qualname__}.restart must be an agentrt.RestartPolicy"
+            )
+        if cls.tier not in (None, "small", "medium", "large"):
+            raise AgentDefinitionError(
+                f"{cls.__qualname__}.tier is {cls.tier!r}: use 'small', 'medium', 'large' or None"
+            )
+        if cls.model is not None and not re.fullmatch(r"[A-Za-z0-9_-]+:.+", cls.model):
+            raise AgentDefinitionError(
+                f"{cls.__qualname__}.model is {cls.model!r}: write '<backend>:<model>', e.g. "
+                "'local:llama3.2:1b'"
             )
 
     @property
@@ -191,6 +206,27 @@ class Agent:
             GateError: the arguments (or the result) are invalid; nothing ran.
         """
         return await self._node.call_tool(name, args, sender=str(self.id))
+
+    @property
+    def models(self) -> ModelSession:
+        """This actor's model session, made on first use and kept while the actor lives (so an
+        escalation sticks across its messages; ``models.reset()`` goes back down).
+
+        Raises:
+            ConfigError: the node has no model scheduler (no ``[models]`` in agentrt.toml).
+        """
+        session: ModelSession | None = self.__dict__.get("_models_session")
+        if session is None:
+            scheduler = getattr(self._node, "scheduler", None)
+            if scheduler is None:
+                raise ConfigError(
+                    "agentrt.toml", "$.models", f"{self.id} uses self.models, but node "
+                    f"{self.node_name} has no model scheduler; add a [models] section "
+                    "(backends and tiers, see docs/scheduler.md)",
+                )  # fmt: skip
+            session = scheduler.session(str(self.id), self.agent_type)
+            self.__dict__["_models_session"] = session
+        return session
 
     async def publish(self, topic: str, msg: msgspec.Struct, *, key: str = "default") -> None:
         """Publish an event to a topic; every agent type subscribed to it gets one copy."""

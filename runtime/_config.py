@@ -20,6 +20,7 @@ import msgspec
 from ._agent import Agent
 from ._cache import ToolRule, check_tool_rules
 from ._errors import ConfigError
+from ._modelconfig import ModelsSection, check_models
 
 if TYPE_CHECKING:
     from agentrt.sandbox import Policy
@@ -105,6 +106,7 @@ class ClusterConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fi
     nats: NatsSection = NatsSection()
     demo: DemoSection | None = None
     tools: dict[str, ToolRule] = {}  # [tools."<name-or-glob>"]: cache TTL and skip rules
+    models: ModelsSection | None = None  # [models]: backends, tiers, prices (_modelconfig.py)
     path: str = ""  # filled by load_config: where the file was read from
 
     @property
@@ -254,6 +256,9 @@ def _check(cfg: ClusterConfig, shown: str) -> None:
             seen_types[cls.agent_type] = owner
     if cfg.tools:
         check_tool_rules(cfg.tools, {t.name: t for t in tool_registry(cfg)}, shown)
+    if cfg.models is not None:
+        hosted = {c.agent_type: c for n in cfg.nodes for c in resolve_agents(cfg, n.name)}
+        check_models(cfg.models, hosted, shown)
     if cfg.demo is not None:
         fn = resolve_callable(cfg, cfg.demo.job, shown, "$.demo.job")
         if not inspect.iscoroutinefunction(fn):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import msgspec
 
+from ._accounting import ModelStats
 from ._cache import CacheCount
 from ._gate import GateCount
 
@@ -75,6 +76,7 @@ class NodeStatus(msgspec.Struct, kw_only=True):
         tools: the tools this node runs.
         mcp: the MCP servers this node bridges, with their health.
         cache: tool-result cache counters per (tool, outcome) on this node.
+        models: model-call counters per (agent type, tier, model), from the node's scheduler.
     """
 
     node: str
@@ -87,3 +89,4 @@ class NodeStatus(msgspec.Struct, kw_only=True):
     tools: list[str] = []
     mcp: list[McpServerHealth] = []
     cache: list[CacheCount] = []
+    models: list[ModelStats] = []

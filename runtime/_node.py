@@ -60,6 +60,7 @@ from ._gate import Escalate, Gate, GateResult, Proposer, outcome_of
 from ._ids import AgentId
 from ._messages import lookup_message, message_tag
 from ._registry import ToolBucket
+from ._scheduler import Scheduler
 from ._tools import Tool, ToolRegistry
 
 __all__ = [
@@ -311,7 +312,7 @@ class Node:
     def __init__(
         self, config: NodeConfig, agents: Sequence[type[Agent]], bus: Transport, *,
         control: bool = True, tools: Sequence[Tool] = (), registry: ToolRegistry | None = None,
-        policy: ToolPolicy | None = None,
+        policy: ToolPolicy | None = None, scheduler: Scheduler | None = None,
     ) -> None:  # fmt: skip
         self.config, self._bus, self._control = config, bus, control
         self.policy = policy
@@ -348,6 +349,10 @@ class Node:
         self.malformed = 0
         # Components that run beside the node (the MCP bridge) add their part of the status.
         self.status_hooks: list[Callable[[NodeStatus], None]] = []
+        self.scheduler = scheduler  # actors reach it through Agent.models (issue 5)
+        if scheduler is not None:
+            scheduler.register_agents(agents)
+            self.status_hooks.append(scheduler.add_to_status)
 
     # ------------------------------------------------------------------ sending
 
@@ -919,7 +924,7 @@ class Node:
 async def open_node(
     config: NodeConfig, agents: Sequence[type[Agent]] = (), *, bus: Transport | None = None,
     control: bool = True, tools: Sequence[Tool] = (), registry: ToolRegistry | None = None,
-    policy: ToolPolicy | None = None,
+    policy: ToolPolicy | None = None, scheduler: Scheduler | None = None,
 ) -> AsyncIterator[Node]:  # fmt: skip
     """Connect to NATS, serve ``agents``, and drain them when the block exits.
 
@@ -928,7 +933,8 @@ async def open_node(
         AgentDefinitionError: two agent classes share a type name.
     """
     if bus is not None:
-        async with _serving(config, agents, bus, control, tools, registry, policy) as node:
+        async with _serving(config, agents, bus, control, tools, registry, policy,
+                            scheduler) as node:  # fmt: skip
             yield node
         return
     async with (
@@ -936,7 +942,7 @@ async def open_node(
             config.servers, name=f"agentrt:{config.cluster}:{config.name}", user=config.user,
             password=config.password,
         ) as nats_bus,
-        _serving(config, agents, nats_bus, control, tools, registry, policy) as node,
+        _serving(config, agents, nats_bus, control, tools, registry, policy, scheduler) as node,
     ):  # fmt: skip
         yield node
 
@@ -945,8 +951,10 @@ async def open_node(
 async def _serving(
     config: NodeConfig, agents: Sequence[type[Agent]], bus: Transport, control: bool,
     tools: Sequence[Tool], registry: ToolRegistry | None, policy: ToolPolicy | None,
+    scheduler: Scheduler | None = None,
 ) -> AsyncIterator[Node]:  # fmt: skip
-    node = Node(config, agents, bus, control=control, tools=tools, registry=registry, policy=policy)
+    node = Node(config, agents, bus, control=control, tools=tools, registry=registry, policy=policy,
+                scheduler=scheduler)  # fmt: skip
     async with trio.open_nursery() as nursery:
         await nursery.start(node.serve)
         try:
