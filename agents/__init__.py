@@ -10,5 +10,6 @@ from ._llm import LlmReply as LlmReply
 from ._llm import LlmTask as LlmTask
 from ._mcp import McpBridge as McpBridge
 from ._mcp import McpServerConfig as McpServerConfig
+from ._mcp import check_server_config as check_server_config
 
-__all__ = ["LlmAgent", "LlmReply", "LlmTask", "McpBridge", "McpServerConfig"]
+__all__ = ["LlmAgent", "LlmReply", "LlmTask", "McpBridge", "McpServerConfig", "check_server_config"]

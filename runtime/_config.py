@@ -13,7 +13,7 @@ import math
 import re
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any, Literal, TypeVar
 
 import msgspec
 
@@ -69,13 +69,21 @@ class NatsSection(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fiel
 
 
 class McpSection(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
-    """``[[nodes.mcp]]``: an MCP server (stdio) whose tools this node bridges into the cluster
-    as ``mcp.<name>.<tool>``."""
+    """``[[nodes.mcp]]``: an MCP server (stdio ``command`` or streamable HTTP ``url``) whose
+    tools this node bridges into the cluster as ``mcp.<name>.<tool>``. The fields are
+    ``agentrt.agents.McpServerConfig``'s (documented there and in docs/mcp.md)."""
 
     name: str
-    command: list[str]
+    command: list[str] = []
+    url: str = ""
+    headers: dict[str, str] = {}
     env: dict[str, str] = {}
     timeout_s: float = 30.0
+    start_timeout_s: float = 60.0
+    max_concurrent: int = 16
+    outage: Literal["fail", "wait"] = "fail"
+    ping_interval_s: float = 10.0
+    ping_timeout_s: float = 5.0
 
 
 class NodeSection(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
@@ -231,10 +239,10 @@ def _check(cfg: ClusterConfig, shown: str) -> None:
                     "(its tools become mcp.<name>.<tool>)",
                 )  # fmt: skip
             seen_mcp.add(server.name)
-            if not server.command:
-                raise ConfigError(shown, f"{where}.mcp[{j}].command",
-                                  "give the argv that starts the server, e.g. "
-                                  '["python", "-m", "mcp_server_time"]')  # fmt: skip
+            from agentrt.agents import check_server_config
+
+            if (problem := check_server_config(server)) is not None:
+                raise ConfigError(shown, f"{where}.mcp[{j}].{problem[0]}", problem[1])
         for j, ref in enumerate(node.tools):
             t = _resolve_tool(cfg, ref, shown, f"{where}.tools[{j}]")
             if seen_tools.get(t.name, ref) != ref:

@@ -181,4 +181,17 @@ def test_mcp_entries_are_checked_with_the_config(tmp_path: Path) -> None:
     with pytest.raises(ConfigError) as info:
         load_config(tmp_path)
     assert info.value.key == "$.nodes[0].mcp[0].command"
-    assert "give the argv that starts the server" in info.value.problem
+    assert info.value.problem.startswith("give exactly one of `command` (the argv of a stdio")
+
+
+def test_an_mcp_entry_with_command_and_url_is_refused(tmp_path: Path) -> None:
+    from agentrt import ConfigError
+    from agentrt._config import load_config
+
+    (tmp_path / "agentrt.toml").write_text(
+        '[cluster]\nname = "m"\n[[nodes]]\nname = "b"\n[[nodes.mcp]]\nname = "t"\nurl = "ftp://x"\n'
+    )
+    with pytest.raises(ConfigError) as info:
+        load_config(tmp_path)
+    assert info.value.key == "$.nodes[0].mcp[0].url"
+    assert info.value.problem == "'ftp://x' is not an http:// or https:// URL"
