@@ -13,6 +13,7 @@ from ._factory import KINDS as KINDS
 from ._factory import make_backend as make_backend
 from ._leak import find_leaked_tool_call as find_leaked_tool_call
 from ._ollama import OllamaBackend as OllamaBackend
+from ._openai import OpenAIBackend as OpenAIBackend
 from ._types import ChatChunk as ChatChunk
 from ._types import ChatMessage as ChatMessage
 from ._types import ChatRequest as ChatRequest
@@ -32,6 +33,7 @@ __all__ = [
     "ModelBackend",
     "ModelInfo",
     "OllamaBackend",
+    "OpenAIBackend",
     "ToolCall",
     "ToolDef",
     "Usage",

@@ -3,15 +3,31 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Final
+from typing import Final, Protocol
 
 from ._ollama import OllamaBackend
+from ._openai import OpenAIBackend
 from ._types import ModelBackend
 
 __all__ = ["KINDS", "make_backend"]
 
-_CLASSES: Final = {
+
+class _Backend(Protocol):
+    def __call__(
+        self,
+        name: str,
+        url: str,
+        *,
+        api_key: str | None,
+        timeout_s: float,
+        stall_timeout_s: float,
+        headers: Mapping[str, str] | None,
+    ) -> ModelBackend: ...
+
+
+_CLASSES: Final[dict[str, _Backend]] = {
     "ollama": OllamaBackend,
+    "openai": OpenAIBackend,
 }
 KINDS: Final = tuple(sorted(_CLASSES))
 """The protocols a backend can speak."""

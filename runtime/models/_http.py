@@ -18,13 +18,14 @@ from __future__ import annotations
 import email.utils
 import math
 import time
-from collections.abc import AsyncIterator, Callable, Iterator, Mapping
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Iterator, Mapping
 from contextlib import asynccontextmanager, contextmanager
 from datetime import UTC, datetime
 from typing import Final, NoReturn
 
 import httpx
 import trio
+from httpx_sse import EventSource, ServerSentEvent
 
 from .._errors import (
     ContextTooLong,
@@ -346,6 +347,22 @@ class Stream:
 
     def latency(self) -> float:
         return time.perf_counter() - self.started
+
+    def events(self) -> AsyncGenerator[ServerSentEvent, None]:
+        """The SSE events of the answer (close it with ``contextlib.aclosing``).
+
+        Raises:
+            MalformedModelOutput: the answer is not ``text/event-stream``.
+        """
+        kind = self.response.headers.get("content-type", "")
+        if "text/event-stream" not in kind:
+            raise MalformedModelOutput(
+                self._session.backend,
+                self.model,
+                f"the server answered a streamed request with content-type {kind!r}, not "
+                "text/event-stream; the server does not support streaming here",
+            )
+        return EventSource(self.response).aiter_sse()
 
 
 _JSON: Final = {"content-type": "application/json"}

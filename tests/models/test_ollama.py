@@ -24,29 +24,10 @@ from agentrt.models import (
     ModelBackend,
     OllamaBackend,
     ToolCall,
-    ToolDef,
 )
 
+from .common import ASK, CLOCK, RICH_SCHEMA, WEATHER, collect
 from .doubles import Call, ModelDouble, Reply
-
-# A schema with the keys the ollama client drops ($defs, anyOf, patterns, formats, examples...).
-RICH_SCHEMA: dict[str, Any] = {
-    "$schema": "https://json-schema.org/draft/2020-12/schema",
-    "type": "object",
-    "$defs": {"unit": {"enum": ["celsius", "fahrenheit"]}},
-    "properties": {
-        "city": {"type": "string", "minLength": 1, "pattern": "^[A-Z]", "examples": ["Oslo"]},
-        "unit": {"$ref": "#/$defs/unit"},
-        "days": {"anyOf": [{"type": "integer", "minimum": 1, "maximum": 7}, {"type": "null"}]},
-        "when": {"type": "string", "format": "date"},
-        "tags": {"type": "array", "items": {"type": "string"}, "uniqueItems": True},
-    },
-    "required": ["city"],
-    "additionalProperties": False,
-}
-WEATHER = ToolDef(name="weather", description="Weather for a city.", parameters=RICH_SCHEMA)
-CLOCK = ToolDef(name="clock", description="The time.", parameters={"type": "object"})
-ASK = (ChatMessage(role="system", content="Be brief."), ChatMessage(role="user", content="Hi"))
 
 
 @pytest.fixture
@@ -58,14 +39,6 @@ async def backend(ollama_double: ModelDouble) -> AsyncIterator[OllamaBackend]:
 
 def request(**kw: Any) -> ChatRequest:
     return ChatRequest(model=kw.pop("model", "tiny:1b"), messages=kw.pop("messages", ASK), **kw)
-
-
-async def collect(backend: ModelBackend, req: ChatRequest) -> list[ChatChunk]:
-    chunks = []
-    async with aclosing(backend.stream(req)) as stream:
-        async for chunk in stream:
-            chunks.append(chunk)
-    return chunks
 
 
 async def test_plain_chat_sends_exactly_this_and_reads_usage(
