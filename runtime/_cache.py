@@ -11,7 +11,8 @@ Trust: nothing is believed because of where it came from.
 - Only the node that ran the tool writes its entry, after the result passed its output gate;
   the broker lets a node write entries only for the tools it hosts (``nats_permissions``).
 - A reader validates a cached value against the tool's output schema again; a value that
-  fails (or does not decode) is a miss, counted ``poisoned`` and logged, never a result.
+  fails (or does not decode) is a miss, counted ``poisoned`` and logged, never a result. (A
+  tool without an output schema has only the broker's write permissions to protect it.)
 - Age comes from the server: an entry's age is the ``Nats-Time-Stamp`` JetStream stamped when
   it stored it, which the writer cannot choose, against the *reader's* TTL for the tool. (The
   first design stored an expiry in the value; a writer could then make an entry live forever.)
