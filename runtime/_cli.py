@@ -39,7 +39,7 @@ from ._gate import GateMetrics, Outcome
 from ._ids import AgentId
 from ._node import Node, Subjects, open_client
 
-__all__ = ["main", "render_prometheus", "render_status"]
+__all__ = ["main", "render_mcp", "render_prometheus", "render_status"]
 
 # Piped output (logs, CI) is not squeezed into 80 columns.
 console = Console(width=None if sys.stdout.isatty() else 120)
@@ -105,6 +105,22 @@ def render_status(cluster: ClusterStatus | None, nodes: list[NodeStatus]) -> Tab
             by_tool.setdefault(tool_name, []).append(f"{outcome} {count}")
         table.caption = "gate: " + "; ".join(f"{t}: {', '.join(v)}" for t, v in by_tool.items())
         table.caption_justify = "left"
+    return table
+
+
+def render_mcp(nodes: list[NodeStatus]) -> Table | None:
+    """A row per MCP server bridged by a node: state, restarts, tools, last error (None if
+    no node bridges one)."""
+    rows = [(n.node, m) for n in nodes for m in n.mcp]
+    if not rows:
+        return None
+    table = Table(title="MCP servers", title_justify="left", box=box.SIMPLE_HEAD,
+                  pad_edge=False, padding=(0, 1))  # fmt: skip
+    for col in ("node", "server", "via", "state", "restarts", "tools", "last error"):
+        table.add_column(col, justify="right" if col in ("restarts", "tools") else "left")
+    for node_name, m in sorted(rows, key=lambda r: (r[0], r[1].name)):
+        table.add_row(node_name, m.name, m.transport, m.state, str(m.restarts), str(m.tools),
+                      m.last_error or "-")  # fmt: skip
     return table
 
 
@@ -279,6 +295,8 @@ def status(path: str | None, config: str | None, as_json: bool) -> None:
                 print(json.dumps(msgspec.to_builtins(out), indent=2))
             else:
                 console.print(render_status(cluster, nodes))
+                if (mcp := render_mcp(nodes)) is not None:
+                    console.print(mcp)
             return 0
 
         return await _with_client(cfg, q)

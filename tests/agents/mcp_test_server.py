@@ -12,7 +12,8 @@ accepts connections. Its tools let a test make it misbehave on demand:
 - ``bad_output()``: structured content that breaks its own output schema;
 - ``add_tool(name)`` / ``remove_tool(name)`` / ``retype_echo()``: change the tool list (echo's
   ``text`` becomes an integer) and send ``notifications/tools/list_changed``;
-- ``calls()``: every call this process received so far (name and arguments), in order.
+- ``calls()``: every call this process received so far (name and arguments), in order;
+- ``header(name)``: that HTTP header of the request carrying this call.
 """
 
 from __future__ import annotations
@@ -67,6 +68,8 @@ tools: dict[str, types.Tool] = {
         types.Tool(name="retype_echo", description="echo takes an integer now.",
                    input_schema=EMPTY),
         types.Tool(name="calls", description="The calls received.", input_schema=EMPTY),
+        types.Tool(name="header", description="An HTTP header of this call's request.",
+                   input_schema=NAME_IN),
     ]
 }  # fmt: skip
 received: list[dict[str, Any]] = []
@@ -107,6 +110,10 @@ async def call_tool(ctx: Any, params: types.CallToolRequestParams) -> types.Call
         return _text(str(cancellations), {"n": cancellations})
     if name == "bad_output":
         return _text("not a number", {"n": "not a number"})
+    if name == "header":
+        request = getattr(ctx, "request", None)
+        value = request.headers.get(args["name"]) if request is not None else None
+        return _text(str(value), {"value": value})
     if name == "calls":
         return _text(str(received), {"calls": received})
     if name == "add_tool":

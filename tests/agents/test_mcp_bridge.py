@@ -133,42 +133,68 @@ async def test_a_server_that_cannot_start_does_not_block_the_others(
 
 
 @pytest.mark.slow
-async def test_an_mcp_server_listed_in_agentrt_toml_is_usable_cluster_wide(
+async def test_mcp_servers_listed_in_agentrt_toml_are_usable_cluster_wide_and_in_status(
     tmp_path: Path, cluster_name: str
 ) -> None:
-    import sys
-    import textwrap
-
+    from agentrt._cli import render_mcp
     from agentrt._cluster import Supervisor
     from agentrt._config import load_config
+    from rich.console import Console
 
-    (tmp_path / "agentrt.toml").write_text(
-        textwrap.dedent(f"""
-        [cluster]
-        name = "{cluster_name}"
+    from .conftest import http_server
 
-        [[nodes]]
-        name = "bridge"
+    async with http_server() as srv:
+        (tmp_path / "agentrt.toml").write_text(
+            textwrap.dedent(f"""
+            [cluster]
+            name = "{cluster_name}"
 
-        [[nodes.mcp]]
-        name = "time"
-        command = ["{sys.executable}", "-m", "mcp_server_time"]
-    """)
-    )
-    sup = Supervisor(load_config(tmp_path))
+            [[nodes]]
+            name = "bridge"
 
-    async def forever(_: Supervisor) -> None:
-        await trio.sleep_forever()
+            [[nodes.mcp]]
+            name = "time"
+            command = ["{sys.executable}", "-m", "mcp_server_time"]
 
-    async with trio.open_nursery() as nursery:
-        await nursery.start(sup.run, forever)
-        with trio.fail_after(90):
-            await sup.wait_ready()  # the node reports ready once its MCP tools are hosted
-            assert sup.client is not None
-            await sup.client.registry.wait_for("mcp.time.get_current_time")
-            result = await sup.client.call_tool("mcp.time.get_current_time", {"timezone": "UTC"})
-        sup.stop()
+            [[nodes.mcp]]
+            name = "web"
+            url = "{srv.url}"
+            headers = {{ "X-Test" = "1" }}
+            max_concurrent = 4
+        """)
+        )
+        sup = Supervisor(load_config(tmp_path))
+
+        async def forever(_: Supervisor) -> None:
+            await trio.sleep_forever()
+
+        async with trio.open_nursery() as nursery:
+            await nursery.start(sup.run, forever)
+            with trio.fail_after(90):
+                await sup.wait_ready()  # the node reports ready once its MCP tools are hosted
+                assert sup.client is not None
+                await sup.client.registry.wait_for("mcp.time.get_current_time")
+                result = await sup.client.call_tool(
+                    "mcp.time.get_current_time", {"timezone": "UTC"}
+                )
+                echoed = await sup.client.call_tool("mcp.web.echo", {"text": "via http"})
+                header = await sup.client.call_tool("mcp.web.header", {"name": "x-test"})
+                [status] = [n for n in await sup.node_statuses() if n.mcp]
+            sup.stop()
     assert "UTC" in str(result)
+    assert echoed == {"text": "via http"}
+    assert header == {"value": "1"}  # the configured headers go with every request
+    health = {m.name: m for m in status.mcp}
+    assert (health["time"].transport, health["time"].state) == ("stdio", "ready")
+    assert (health["web"].transport, health["web"].state) == ("http", "ready")
+    assert health["web"].tools == 10 and health["time"].tools == 2
+    table = render_mcp([status])
+    assert table is not None
+    console = Console(width=120, record=True)
+    console.print(table)
+    lines = console.export_text().splitlines()
+    assert any(line.split()[:6] == ["bridge", "time", "stdio", "ready", "0", "2"]
+               for line in lines), lines  # fmt: skip
 
 
 def test_mcp_entries_are_checked_with_the_config(tmp_path: Path) -> None:
