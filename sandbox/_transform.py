@@ -12,8 +12,9 @@ Two ABIs, chosen per module at ``register`` by its exports (``TransformHost.abi(
   an output length over ``max_output_bytes`` before copying anything, bounds-checks the output
   and copies it out once. WASI imports are still linked when the module has any imports (C with
   wasi-libc), with no stdin and stderr kept for ``TransformTrapped``. About half the per-call
-  cost of the WASI ABI and ~7x its throughput (docs/benchmarks.md): no WASI stdio call, each of
-  which costs 75-150 us in wasmtime-py, on the path.
+  cost of the WASI ABI and ~30x its throughput (docs/benchmarks.md): no WASI stdio call, each of
+  which costs 75-150 us in wasmtime-py, on the path. For inputs of 64 KiB or more the host also
+  asks the kernel to make the fresh memory's page faults cheap (see "Page faults" below).
 - **WASI command ABI** (exports ``_start``; for existing programs with ``main``): it reads its
   input from stdin and writes its result to stdout.
 
