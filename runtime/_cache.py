@@ -403,9 +403,17 @@ class ToolCache:
             payload = msgspec.json.encode(result)
         except (TypeError, msgspec.EncodeError):
             return False
+        key = cache_key(name, args)
         with trio.move_on_after(_STORE_TIMEOUT_S):
             try:
-                await self._kv.put(cache_key(name, args), payload)
+                try:
+                    await self._kv.put(key, payload)
+                except AgentUnavailable:
+                    # The stream is gone (a server restarted without its store): make it
+                    # again, once.
+                    if not await self.open():
+                        return False
+                    await self._kv.put(key, payload)
             except PermissionViolation as exc:
                 self._store_refused.add(name)
                 log.warning("results of %s are not cached: %s", name, exc)

@@ -426,6 +426,43 @@ async def test_without_jetstream_calls_work_uncached_after_one_warning(
     ]
 
 
+async def test_the_bucket_is_made_again_when_a_restarted_server_lost_it(
+    tmp_path: Path, cluster_name: str
+) -> None:
+    server = NatsServer(tmp_path / "first", name="cache-restart")
+    await trio.to_thread.run_sync(server.start)
+    try:
+        async with (
+            open_node(ncfg(server.url, cluster_name, "tools", RULES), tools=TOOLS) as tools_node,
+            open_client(ncfg(server.url, cluster_name, "front", RULES)) as client,
+            trio.open_nursery() as nursery,
+        ):
+            with trio.fail_after(20):
+                assert await client.call_tool("cache.square", {"x": 9}) == 81
+                back = [trio.Event(), trio.Event()]
+                for node, event in zip((tools_node, client), back, strict=True):
+
+                    async def watch(node: Node = node, event: trio.Event = event) -> None:
+                        await node.bus.wait_reconnected()
+                        event.set()
+
+                    nursery.start_soon(watch)  # parked before the kill: no reconnect missed
+                await trio.lowlevel.checkpoint()
+                server.kill()
+                # Same port, empty store: the bucket and its entries are gone.
+                server = NatsServer(tmp_path / "second", name="cache-restart", port=server.port)
+                await trio.to_thread.run_sync(server.start)
+                for event in back:
+                    await event.wait()
+                assert await client.call_tool("cache.square", {"x": 9}) == 81  # made again
+                assert await client.call_tool("cache.square", {"x": 9}) == 81  # and used
+    finally:
+        server.stop()
+    assert RUNS["square"] == 2
+    assert counts(client) == {("cache.square", "miss"): 2, ("cache.square", "hit"): 1}
+    assert counts(tools_node) == {("cache.square", "store"): 2}
+
+
 def test_permissions_let_every_node_read_and_only_the_host_write() -> None:
     publish, _ = nats_permissions(
         None, cluster="c", agents=[], hosted_tools=["cache.square", "mcp.time.now"],
