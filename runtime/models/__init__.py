@@ -9,6 +9,7 @@ provider errors map to the ``ModelError`` tree.
 
 from __future__ import annotations
 
+from ._anthropic import AnthropicBackend as AnthropicBackend
 from ._factory import KINDS as KINDS
 from ._factory import make_backend as make_backend
 from ._leak import find_leaked_tool_call as find_leaked_tool_call
@@ -26,6 +27,7 @@ from ._types import Usage as Usage
 
 __all__ = [
     "KINDS",
+    "AnthropicBackend",
     "ChatChunk",
     "ChatMessage",
     "ChatRequest",

@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Final, Protocol
 
+from ._anthropic import AnthropicBackend
 from ._ollama import OllamaBackend
 from ._openai import OpenAIBackend
 from ._types import ModelBackend
@@ -26,6 +27,7 @@ class _Backend(Protocol):
 
 
 _CLASSES: Final[dict[str, _Backend]] = {
+    "anthropic": AnthropicBackend,
     "ollama": OllamaBackend,
     "openai": OpenAIBackend,
 }

@@ -189,7 +189,9 @@ async def test_make_backend(openai_double: ModelDouble) -> None:
     assert openai_double.requests[0].headers["authorization"] == "Bearer k"
     with pytest.raises(ValueError) as caught:
         make_backend("gemini", name="x", url="http://127.0.0.1:1")
-    assert str(caught.value) == ("backend 'x': unknown kind 'gemini'; use one of ollama, openai")
+    assert str(caught.value) == (
+        "backend 'x': unknown kind 'gemini'; use one of anthropic, ollama, openai"
+    )
 
 
 # -- errors -----------------------------------------------------------------------------------
