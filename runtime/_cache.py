@@ -47,7 +47,13 @@ import msgspec
 import trio
 
 from ._bus import Transport
-from ._errors import AgentUnavailable, BusError, ConfigError, PermissionViolation
+from ._errors import (
+    AgentUnavailable,
+    BusError,
+    ConfigError,
+    DeliveryError,
+    PermissionViolation,
+)
 from ._kv import KvBucket
 from ._tools import Tool, ToolRegistry
 
@@ -418,7 +424,8 @@ class ToolCache:
                 self._store_refused.add(name)
                 log.warning("results of %s are not cached: %s", name, exc)
                 return False
-            except (BusError, AgentUnavailable, trio.TooSlowError) as exc:
+            except (BusError, DeliveryError, trio.TooSlowError) as exc:
+                # DeliveryError: AgentUnavailable twice, or PayloadTooLarge (not cached).
                 log.warning("could not cache a result of %s: %s", name, exc)
                 return False
             self.metrics.count(name, CacheOutcome.STORE)

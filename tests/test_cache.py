@@ -18,7 +18,15 @@ from typing import Any
 import msgspec
 import pytest
 import trio
-from agentrt import ConfigError, NodeConfig, NodeStatus, PermissionViolation, open_client, open_node
+from agentrt import (
+    ConfigError,
+    HandlerFailed,
+    NodeConfig,
+    NodeStatus,
+    PermissionViolation,
+    open_client,
+    open_node,
+)
 from agentrt._cache import (
     CacheMetrics,
     CacheOutcome,
@@ -67,7 +75,14 @@ def stamp(label: str) -> str:
     return f"{label}-{RUNS['stamp']}"
 
 
-TOOLS = [square, add, info, stamp]
+@tool(name="cache.blob", pure=True)
+def blob(size: int) -> str:
+    """A result of ``size`` bytes."""
+    RUNS["blob"] += 1
+    return "x" * size
+
+
+TOOLS = [square, add, info, stamp, blob]
 RULES = {"cache.*": ToolRule(cache_ttl_s=60.0)}
 
 
@@ -154,9 +169,9 @@ KNOWN = {t.name: registry_of(t).get(t.name) for t in TOOLS}
         ),
         (
             {"cache.*": ToolRule(skip=True, value=7)},
-            "$.tools['cache.*'].value",
-            "the skip value for tool 'cache.info' breaks its output schema at / (type: expected "
-            "object, got 7); declare a value the tool could have returned",
+            "$.tools['cache.*'].value",  # the first tool (by name) it does not fit
+            "the skip value for tool 'cache.blob' breaks its output schema at / (type: expected "
+            "string, got 7); declare a value the tool could have returned",
         ),
         (
             {"cache.add": ToolRule(value=3)},
@@ -376,6 +391,26 @@ async def test_a_tool_on_the_calling_node_is_cached_there(nats_url: str, cluster
     assert counts(node) == {
         ("cache.square", "miss"): 1, ("cache.square", "store"): 1, ("cache.square", "hit"): 1,
     }  # fmt: skip
+
+
+async def test_a_result_too_large_for_the_bucket_is_not_cached_and_the_node_carries_on(
+    nats_url: str, cluster_name: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.WARNING, logger="agentrt.cache")
+    async with tools_and_client(nats_url, cluster_name) as (tools_node, client):
+        with trio.fail_after(10):
+            with pytest.raises(HandlerFailed):  # too large for the reply as well
+                await client.call_tool("cache.blob", {"size": 2_000_000})
+            assert await client.call_tool("cache.blob", {"size": 3}) == "xxx"
+            assert await client.call_tool("cache.blob", {"size": 3}) == "xxx"
+    assert RUNS["blob"] == 2
+    assert counts(tools_node) == {("cache.blob", "store"): 1}
+    key = cache_key("cache.blob", {"size": 2_000_000})
+    assert [r.getMessage() for r in caplog.records if r.name == "agentrt.cache"] == [
+        f"could not cache a result of cache.blob: message for $KV.agentrt_cache_{cluster_name}."
+        f"{key} is 2000002 bytes, over the 1048576-byte limit; send a reference (file "
+        "transfer / object store) instead of the bytes"
+    ]
 
 
 class _Proposer:
