@@ -15,12 +15,23 @@ from __future__ import annotations
 import bisect
 from collections.abc import Iterable, Mapping
 from decimal import Decimal
+from typing import TYPE_CHECKING
 
 import msgspec
 
 from ._modelconfig import Price
 
-__all__ = ["LATENCY_BUCKETS_S", "Accounting", "ModelStats", "merge_stats", "models_prometheus"]
+if TYPE_CHECKING:
+    from rich.table import Table
+
+__all__ = [
+    "LATENCY_BUCKETS_S",
+    "Accounting",
+    "ModelStats",
+    "merge_stats",
+    "models_prometheus",
+    "models_table",
+]
 
 LATENCY_BUCKETS_S: tuple[float, ...] = (
     0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0,
@@ -222,3 +233,33 @@ def models_prometheus(stats: Iterable[ModelStats]) -> str:
         out.append(f"agentrt_model_latency_seconds_sum{{{_labels(s)}}} {s.latency_sum_s!r}")
         out.append(f"agentrt_model_latency_seconds_count{{{_labels(s)}}} {s.latency_count}")
     return "\n".join(out) + "\n"
+
+
+def models_table(stats: Iterable[ModelStats]) -> Table | None:
+    """The ``agentrt status`` models table: a row per (agent type, tier, model); None if no
+    model was called."""
+    from rich import box
+    from rich.table import Table
+
+    rows = list(stats)
+    if not rows:
+        return None
+    table = Table(title="models", title_justify="left", box=box.SIMPLE_HEAD, pad_edge=False,
+                  padding=(0, 1))  # fmt: skip
+    columns = ("agent", "tier", "model", "calls", "err", "fallb", "escal", "tok in", "tok out",
+               "cost", "p50", "p95")  # fmt: skip
+    for col in columns:
+        table.add_column(col, justify="left" if col in ("agent", "tier", "model") else "right")
+    for s in rows:
+        errors = sum(s.errors.values())
+        table.add_row(
+            s.agent, s.tier, s.model, str(s.calls), str(errors), str(s.fallbacks),
+            str(s.escalations), str(s.input_tokens), str(s.output_tokens), f"{s.cost:f}",
+            _seconds(s.quantile(0.5)) if s.calls else "-",
+            _seconds(s.quantile(0.95)) if s.calls else "-",
+        )  # fmt: skip
+    return table
+
+
+def _seconds(value: float) -> str:
+    return f"{value * 1000:.0f}ms" if value < 1 else f"{value:.1f}s"

@@ -22,6 +22,7 @@ from rich import box
 from rich.console import Console
 from rich.table import Table
 
+from ._accounting import merge_stats, models_prometheus, models_table
 from ._cache import CacheMetrics, CacheOutcome
 from ._cluster import (
     READY_WAIT_S,
@@ -297,6 +298,8 @@ def status(path: str | None, config: str | None, as_json: bool) -> None:
                 console.print(render_status(cluster, nodes))
                 if (mcp := render_mcp(nodes)) is not None:
                     console.print(mcp)
+                if (models := models_table(merge_stats(n.models for n in nodes))) is not None:
+                    console.print(models)
             return 0
 
         return await _with_client(cfg, q)
@@ -465,6 +468,8 @@ def render_prometheus(nodes: list[NodeStatus]) -> str:
                     f'agentrt_agent_messages_total{{node="{n.node}",agent="{a.type}",'
                     f'result="{result}"}} {getattr(a, result)}'
                 )
+    if models := merge_stats(n.models for n in nodes):  # agentrt_model_*, summed over nodes
+        lines.append(models_prometheus(models).rstrip("\n"))
     return "\n".join(lines) + "\n"
 
 

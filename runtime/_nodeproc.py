@@ -27,6 +27,7 @@ from ._config import (
     tool_registry,
 )
 from ._node import NodeConfig, Subjects, open_node
+from ._scheduler import open_models
 
 
 async def _watch_stdin(node_stop: trio.Event) -> None:
@@ -54,8 +55,10 @@ async def main(config_path: str, section: str, replica: int, name: str) -> None:
     stop = trio.Event()
     with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
         async with (
+            open_models(cfg.models, agents=agents) as scheduler,  # None without [models]
             open_node(
-                node_cfg, agents, tools=tools, registry=tool_registry(cfg), policy=policy
+                node_cfg, agents, tools=tools, registry=tool_registry(cfg), policy=policy,
+                scheduler=scheduler,
             ) as node,
             trio.open_nursery() as nursery,
         ):

@@ -26,7 +26,7 @@ from __future__ import annotations
 import logging
 import os
 from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
-from contextlib import AsyncExitStack, asynccontextmanager
+from contextlib import AbstractAsyncContextManager, AsyncExitStack, asynccontextmanager, nullcontext
 from typing import TYPE_CHECKING, Any, Final, NamedTuple
 
 import msgspec
@@ -51,7 +51,7 @@ from .models import ChatMessage, ChatRequest, ChatResponse, ModelBackend, ToolDe
 if TYPE_CHECKING:
     from ._agent import Agent
 
-__all__ = ["ModelSession", "Scheduler", "open_scheduler"]
+__all__ = ["ModelSession", "Scheduler", "open_models", "open_scheduler"]
 
 log = logging.getLogger("agentrt.scheduler")
 
@@ -443,3 +443,12 @@ async def open_scheduler(
             stack.push_async_callback(backend.aclose)
             backends[name] = backend
         yield Scheduler(models, backends, agents=agents)
+
+
+def open_models(
+    models: ModelsSection | None, *, agents: Iterable[type[Agent]] = ()
+) -> AbstractAsyncContextManager[Scheduler | None]:
+    """``open_scheduler`` for a ``[models]`` section, or ``None`` when the config has none."""
+    if models is None:
+        return nullcontext(None)
+    return open_scheduler(models, agents=agents)
