@@ -12,6 +12,7 @@ from __future__ import annotations
 from ._anthropic import AnthropicBackend as AnthropicBackend
 from ._factory import KINDS as KINDS
 from ._factory import make_backend as make_backend
+from ._leak import Leak as Leak
 from ._leak import find_leaked_tool_call as find_leaked_tool_call
 from ._ollama import OllamaBackend as OllamaBackend
 from ._openai import OpenAIBackend as OpenAIBackend
@@ -32,6 +33,7 @@ __all__ = [
     "ChatMessage",
     "ChatRequest",
     "ChatResponse",
+    "Leak",
     "ModelBackend",
     "ModelInfo",
     "OllamaBackend",
