@@ -1,4 +1,4 @@
-"""The ``agentrt`` command line: up, status, call, down, check.
+"""The ``agentrt`` command line: up, status, call, down, check, mcp serve.
 
 Every command turns an ``AgentrtError`` into one line on stderr and a non-zero exit code
 (2 for configuration errors, 1 otherwise); Ctrl-C ends with "interrupted" and code 130, never
@@ -38,7 +38,7 @@ from ._envelope import ContentType, Kind
 from ._errors import AgentrtError, AgentUnavailable, BusError, ClusterNotRunning, ConfigError
 from ._gate import GateMetrics, Outcome
 from ._ids import AgentId
-from ._node import Node, Subjects, open_client
+from ._node import Node, Subjects, ToolPolicy, open_client
 
 __all__ = ["main", "render_mcp", "render_prometheus", "render_status"]
 
@@ -258,11 +258,13 @@ async def _live(s: Supervisor) -> int:
             await trio.sleep(1.0)
 
 
-async def _with_client(cfg: ClusterConfig, fn: Callable[[Node], Awaitable[int]]) -> int:
+async def _with_client(
+    cfg: ClusterConfig, fn: Callable[[Node], Awaitable[int]], policy: ToolPolicy | None = None
+) -> int:
     state = read_state(cfg)
     try:
         config = node_config_from_state(cfg, state, f"cli-{os.getpid()}")
-        async with open_client(config, registry=tool_registry(cfg)) as c:
+        async with open_client(config, registry=tool_registry(cfg), policy=policy) as c:
             return await fn(c)
     except BusError as exc:
         raise ClusterNotRunning(
@@ -404,6 +406,54 @@ def tools_call(name: str, arguments: str, config: str | None, timeout: float) ->
             return 0
 
         return await _with_client(cfg, q)
+
+    _run(run)
+
+
+@main.group()
+def mcp() -> None:
+    """agentrt and MCP: offer the cluster's tools to MCP clients."""
+
+
+@mcp.command("serve")
+@_config_option
+@click.option("--http", "http", default=None, metavar="HOST:PORT",
+              help="Serve streamable HTTP at http://HOST:PORT/mcp (default: stdio).")
+@click.option("--policy", "policy_file", default=None, metavar="FILE",
+              help="Policy file deciding which tools are offered (default: strict, none).")
+def mcp_serve(config: str | None, http: str | None, policy_file: str | None) -> None:  # fmt: skip
+    """Serve the running cluster's tools as an MCP server (stdio, or HTTP with --http).
+
+    Every call goes through the gate and the policy; refusals are MCP error results.
+    """
+    from agentrt.sandbox import Policy, load_policy
+
+    strict = Policy(description="nothing allowed", path="(strict: pass --policy FILE)")
+    cfg = _load(config)
+    try:
+        pol = load_policy(policy_file) if policy_file else strict
+    except AgentrtError as exc:
+        _fail(exc)
+    address: tuple[str, int] | None = None
+    if http is not None:
+        host, _, port = http.rpartition(":")
+        if not host or not port.isdigit():
+            _fail(AgentrtError(f"--http {http!r}: give HOST:PORT, e.g. 127.0.0.1:8765"))
+        address = (host, int(port))
+
+    async def run() -> int:
+        from agentrt.agents import serve_mcp_http, serve_mcp_stdio
+
+        async def q(client: Node) -> int:
+            if address is None:
+                await serve_mcp_stdio(client)
+                return 0
+            async with trio.open_nursery() as nursery:
+                url = await nursery.start(serve_mcp_http, client, *address)
+                err_console.print(f"agentrt: MCP server at {url}", highlight=False)
+            return 0
+
+        return await _with_client(cfg, q, policy=pol)
 
     _run(run)
 

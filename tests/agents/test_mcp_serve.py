@@ -1,0 +1,171 @@
+"""``agentrt mcp serve`` driven by the SDK's client over stdio and streamable HTTP, against a
+running cluster (started by the test with the real supervisor, found through its state file
+like every other CLI command)."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import textwrap
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+import pytest
+import trio
+from agentrt import GateError, PolicyDenied
+from agentrt._cluster import Supervisor
+from agentrt._config import load_config
+from agentrt.sandbox import load_policy
+from mcp import ClientSession, StdioServerParameters, stdio_client
+from mcp.client.streamable_http import streamable_http_client
+from mcp.types import TextContent
+
+AGENTRT = str(Path(sys.executable).with_name("agentrt"))
+
+_TOOLS = '''
+import agentrt
+import msgspec
+
+
+class Sum(msgspec.Struct):
+    total: int
+
+
+@agentrt.tool(name="calc.add")
+def add(a: int, b: int) -> Sum:
+    """Add two integers."""
+    return Sum(total=a + b)
+
+
+@agentrt.tool(name="calc.secret")
+def secret() -> str:
+    """Not for MCP clients."""
+    return "hidden"
+'''
+
+
+@asynccontextmanager
+async def _cluster(tmp_path: Path, cluster_name: str) -> AsyncIterator[Supervisor]:
+    (tmp_path / "calctools.py").write_text(_TOOLS)
+    (tmp_path / "serve-policy.toml").write_text(
+        '[tools]\nallow = ["calc.*"]\ndeny = ["calc.secret"]\n'
+    )
+    (tmp_path / "agentrt.toml").write_text(
+        textwrap.dedent(f"""
+        [cluster]
+        name = "{cluster_name}"
+
+        [[nodes]]
+        name = "calc"
+        tools = ["calctools:add", "calctools:secret"]
+    """)
+    )
+    sup = Supervisor(load_config(tmp_path))
+
+    async def forever(_: Supervisor) -> None:
+        await trio.sleep_forever()
+
+    async with trio.open_nursery() as nursery:
+        await nursery.start(sup.run, forever)
+        with trio.fail_after(60):
+            await sup.wait_ready()
+        yield sup
+        sup.stop()
+
+
+def _text(result: Any) -> str:
+    return "\n".join(b.text for b in result.content if isinstance(b, TextContent))
+
+
+async def _exercise(session: ClientSession, sup: Supervisor, policy: Path) -> None:
+    """List, call, send invalid arguments and a denied tool; compare with the cluster's view."""
+    assert sup.client is not None
+    await session.initialize()
+    listed = {t.name: t for t in (await session.list_tools()).tools}
+    assert set(listed) == {"calc.add"}  # calc.secret is denied by the policy: not offered
+    spec = sup.client.registry.get("calc.add")
+    assert spec is not None
+    assert listed["calc.add"].input_schema == spec.spec.input_schema
+    assert listed["calc.add"].output_schema == spec.spec.output_schema
+    assert listed["calc.add"].description == "Add two integers."
+
+    ok = await session.call_tool("calc.add", {"a": 2, "b": 3})
+    assert not ok.is_error
+    assert ok.structured_content == {"total": 5}
+
+    with pytest.raises(GateError) as gate:
+        sup.client.gate.check_call("calc.add", {"a": "two", "b": 3})
+    bad = await session.call_tool("calc.add", {"a": "two", "b": 3})
+    assert bad.is_error
+    assert _text(bad) == gate.value.render_compact()
+
+    with pytest.raises(PolicyDenied) as denied_here:
+        load_policy(policy).check_tool("calc.secret", node="x")
+    denied = await session.call_tool("calc.secret", {})
+    assert denied.is_error
+    assert _text(denied) == str(denied_here.value)
+
+
+async def test_mcp_serve_over_stdio(tmp_path: Path, cluster_name: str) -> None:
+    async with _cluster(tmp_path, cluster_name) as sup:
+        policy = tmp_path / "serve-policy.toml"
+        params = StdioServerParameters(
+            command=AGENTRT, args=["mcp", "serve", "-c", str(tmp_path), "--policy", str(policy)]
+        )
+        with (tmp_path / "serve.err").open("w+") as errlog, trio.fail_after(60):
+            async with (
+                stdio_client(params, errlog=errlog) as (read, write),
+                ClientSession(read, write) as session,
+            ):
+                await _exercise(session, sup, policy)
+
+
+async def test_mcp_serve_over_http(tmp_path: Path, cluster_name: str) -> None:
+    async with _cluster(tmp_path, cluster_name) as sup:
+        policy = tmp_path / "serve-policy.toml"
+        argv = [AGENTRT, "mcp", "serve", "-c", str(tmp_path), "--policy", str(policy),
+                "--http", "127.0.0.1:0"]  # fmt: skip
+        process = await trio.lowlevel.open_process(argv, stderr=subprocess.PIPE)
+        try:
+            assert process.stderr is not None
+            line = b""
+            with trio.fail_after(60):
+                while not line.endswith(b"\n"):
+                    chunk = await process.stderr.receive_some(1)
+                    assert chunk, "agentrt mcp serve exited before listening"
+                    line += chunk
+                prefix = "agentrt: MCP server at "
+                assert line.decode().startswith(prefix), line
+                url = line.decode().strip().removeprefix(prefix)
+                async with (
+                    streamable_http_client(url) as (read, write),
+                    ClientSession(read, write) as session,
+                ):
+                    await _exercise(session, sup, policy)
+        finally:
+            process.kill()
+            with trio.CancelScope(shield=True), trio.fail_after(10):
+                await process.wait()
+
+
+async def test_mcp_serve_offers_nothing_under_the_default_strict_policy(
+    tmp_path: Path, cluster_name: str
+) -> None:
+    async with _cluster(tmp_path, cluster_name):
+        params = StdioServerParameters(command=AGENTRT, args=["mcp", "serve", "-c", str(tmp_path)])
+        with (tmp_path / "serve.err").open("w+") as errlog, trio.fail_after(60):
+            async with (
+                stdio_client(params, errlog=errlog) as (read, write),
+                ClientSession(read, write) as session,
+            ):
+                await session.initialize()
+                assert (await session.list_tools()).tools == []
+                denied = await session.call_tool("calc.add", {"a": 1, "b": 2})
+        assert denied.is_error
+        assert _text(denied) == (
+            "policy (strict: pass --policy FILE) does not allow call tool 'calc.add' (tools.allow: "
+            "no pattern matches (default deny)); change the node's policy file if this node should "
+            "be allowed to"
+        )
