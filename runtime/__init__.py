@@ -8,6 +8,7 @@ Everything public is re-exported here; the ``_modules`` are private.
 
 from __future__ import annotations
 
+from ._accounting import ModelStats as ModelStats
 from ._agent import Agent as Agent
 from ._agent import RestartPolicy as RestartPolicy
 from ._control import AgentStats as AgentStats
@@ -61,6 +62,9 @@ from ._node import Node as Node
 from ._node import NodeConfig as NodeConfig
 from ._node import open_client as open_client
 from ._node import open_node as open_node
+from ._scheduler import ModelSession as ModelSession
+from ._scheduler import Scheduler as Scheduler
+from ._scheduler import open_scheduler as open_scheduler
 from ._tools import Fallback as Fallback
 from ._tools import Tool as Tool
 from ._tools import ToolSpec as ToolSpec
@@ -96,6 +100,8 @@ __all__ = [
     "ModelError",
     "ModelOverloaded",
     "ModelRequestRejected",
+    "ModelSession",
+    "ModelStats",
     "ModelTimeout",
     "NatsServerError",
     "NoHandler",
@@ -111,6 +117,7 @@ __all__ = [
     "RateLimited",
     "RemoteError",
     "RestartPolicy",
+    "Scheduler",
     "SchemaError",
     "StepLimitExceeded",
     "Tool",
@@ -126,6 +133,7 @@ __all__ = [
     "make_tool",
     "open_client",
     "open_node",
+    "open_scheduler",
     "register_message",
     "tool",
 ]

@@ -175,6 +175,7 @@ class Scheduler:
         self._defaults: dict[str, tuple[str | None, str | None, int]] = {}
         self._plans: dict[str, _Plan] = {}
         self._cooldown: dict[str, float] = {}  # label -> trio time its retry-after ends
+        self._labels: dict[str, tuple[str, str]] = {}  # label -> (backend, model), memoised
         self.register_agents(agents)
 
     def register_agents(self, agents: Iterable[type[Agent]]) -> None:
@@ -199,6 +200,12 @@ class Scheduler:
         if plan is None:
             plan = self._plans[agent_type] = self._plan(agent_type)
         return ModelSession(self, actor_id, agent_type, plan)
+
+    def _split(self, label: str) -> tuple[str, str]:
+        parts = self._labels.get(label)
+        if parts is None:
+            parts = self._labels[label] = split_label(label)
+        return parts
 
     def backend(self, name: str) -> ModelBackend:
         return self._backends[name]
@@ -282,9 +289,13 @@ class Scheduler:
         pending = list(level.labels)
         tries = dict.fromkeys(pending, 0)
         while pending:
-            now = trio.current_time()
-            ready = [lb for lb in pending if self._cooldown.get(lb, 0.0) <= now]
-            cooling = [lb for lb in pending if lb not in ready]
+            ready, cooling = pending, []
+            if self._cooldown:  # some model answered 429 lately (the common case skips this)
+                now = trio.current_time()
+                for lb in [lb for lb, until in self._cooldown.items() if until <= now]:
+                    del self._cooldown[lb]
+                ready = [lb for lb in pending if lb not in self._cooldown]
+                cooling = [lb for lb in pending if lb in self._cooldown]
             for lb in cooling:
                 if self._cooldown[lb] >= queue_deadline:  # its retry-after outlasts the call
                     pending.remove(lb)
@@ -303,7 +314,7 @@ class Scheduler:
                 prev = last[-1]
                 self.accounting.fell_back(session.agent_type, prev.tier, prev.label)
             tries[label] += 1
-            backend_name, model = split_label(label)
+            backend_name, model = self._split(label)
             try:
                 response, latency = await self._call(
                     self._backends[backend_name], msgspec.structs.replace(request, model=model),
@@ -347,12 +358,14 @@ class Scheduler:
         """
         caps: list[Capacity] = []
         for lb in ready:
-            cap = self._capacity[split_label(lb)[0]]
+            cap = self._capacity[self._split(lb)[0]]
+            if cap.try_acquire():  # the fast path: a free slot, no queue, no cancel scope
+                return lb, cap
             if cap not in caps:
                 caps.append(cap)
         with trio.CancelScope(deadline=wake):
             got = await acquire_any(caps, session.actor)
-            label = next(lb for lb in ready if split_label(lb)[0] == got.backend)
+            label = next(lb for lb in ready if self._split(lb)[0] == got.backend)
             return label, got
         if trio.current_time() >= queue_deadline:
             limits = ", ".join(f"{c.backend} max_concurrent={c.limit}" for c in caps)
