@@ -24,6 +24,7 @@ from datetime import UTC, datetime
 from typing import Final, NoReturn
 
 import httpx
+import msgspec
 import trio
 from httpx_sse import EventSource, ServerSentEvent
 
@@ -181,7 +182,7 @@ class HttpSession:
             base_url=self.url,
             headers=dict(headers or {}),
             timeout=httpx.Timeout(connect=stall, read=stall, write=stall, pool=timeout_s),
-            limits=httpx.Limits(max_connections=64, max_keepalive_connections=64),
+            limits=httpx.Limits(max_connections=128, max_keepalive_connections=128),
             trust_env=False,  # a developer's proxy variables must not reroute a local model
         )
 
@@ -260,13 +261,13 @@ class HttpSession:
         self, model: str, what: str, raw: bytes | str, exc: Exception
     ) -> MalformedModelOutput:
         text = raw.decode("utf-8", "replace") if isinstance(raw, bytes) else raw
-        return MalformedModelOutput(
-            self.backend,
-            model,
-            f"the server sent {what} that is not valid JSON ({exc}); the server or a proxy "
-            "in between is broken",
-            raw=text,
-        )
+        if isinstance(exc, msgspec.ValidationError):
+            problem = f"the server sent {what} in an unexpected shape ({exc}); the server "
+            problem += "does not speak this protocol as documented: check the backend's kind"
+        else:
+            problem = f"the server sent {what} that is not valid JSON ({exc}); the server or a "
+            problem += "proxy in between is broken"
+        return MalformedModelOutput(self.backend, model, problem, raw=text)
 
     @contextmanager
     def translate(self, model: str) -> Iterator[None]:

@@ -38,7 +38,7 @@ import pytest
 import trio
 
 Protocol = Literal["ollama", "openai", "anthropic"]
-Kind = Literal["text", "tool_calls", "error", "stall", "close", "malformed"]
+Kind = Literal["text", "tool_calls", "error", "stall", "close", "malformed", "raw"]
 StallAt = Literal["request", "headers", "first_chunk"]
 
 CHAT_PATHS = {
@@ -165,6 +165,19 @@ class Reply:
         return cls("close", content=content)
 
     @classmethod
+    def raw(
+        cls, body: bytes, *, status: int = 200, content_type: str = "application/json"
+    ) -> Reply:
+        """Exactly these bytes as the body, whatever the protocol (for shapes no provider
+        sends)."""
+        return cls(
+            "raw",
+            content=body.decode("latin-1"),
+            status=status,
+            headers=(("content-type", content_type),),
+        )
+
+    @classmethod
     def malformed(cls, content: str = "partial answer") -> Reply:
         """Invalid JSON on the wire: a broken NDJSON line / SSE data after one good piece, or
         a truncated JSON body (with a correct Content-Length) when not streaming."""
@@ -280,6 +293,9 @@ class ModelDouble:
         if reply is not None and reply.hold is not None:
             await reply.hold.wait()
         sender = _Sender(conn, stream)
+        if reply is not None and reply.kind == "raw":
+            await sender.whole(reply.status, list(reply.headers), reply.content.encode("latin-1"))
+            return True
         if reply is not None and reply.kind in ("error", "stall", "close", "malformed"):
             return await self._trouble(sender, wire, reply, streaming=chat and wire.streaming)
         if chat:

@@ -255,8 +255,10 @@ async def test_close_mid_stream(backend: AnthropicBackend, anthropic_double: Mod
     anthropic_double.push(Reply.close_mid_stream())
     with pytest.raises(ModelOverloaded) as caught:
         await collect(backend, request())
-    assert str(caught.value).startswith(
-        PREFIX + f"the connection to {anthropic_double.url} broke before the answer was complete"
+    assert str(caught.value) == PREFIX + (
+        f"the connection to {anthropic_double.url} broke before the answer was complete "
+        "(peer closed connection without sending complete message body (incomplete chunked "
+        "read)); the server crashed or restarted: retry or fall back to another model"
     )
 
 
