@@ -11,6 +11,8 @@ from __future__ import annotations
 from ._accounting import ModelStats as ModelStats
 from ._agent import Agent as Agent
 from ._agent import RestartPolicy as RestartPolicy
+from ._cache import CacheCount as CacheCount
+from ._cache import ToolRule as ToolRule
 from ._control import AgentStats as AgentStats
 from ._control import NodeStatus as NodeStatus
 from ._envelope import ContentType as ContentType
@@ -81,6 +83,7 @@ __all__ = [
     "AgentUnavailable",
     "AgentrtError",
     "BusError",
+    "CacheCount",
     "ClusterNotRunning",
     "ConfigError",
     "ContentType",
@@ -121,6 +124,7 @@ __all__ = [
     "SchemaError",
     "StepLimitExceeded",
     "Tool",
+    "ToolRule",
     "ToolSpec",
     "TransformError",
     "TransformMemoryExceeded",

@@ -51,6 +51,7 @@ async def main(config_path: str, section: str, replica: int, name: str) -> None:
         default_deadline_s=cfg.cluster.default_deadline_s,
         drain_timeout_s=cfg.cluster.drain_timeout_s, idle_timeout_s=cfg.cluster.idle_timeout_s,
         partitions=partitions(cfg), owned=owned_partitions(cfg, section, replica),
+        tool_rules=cfg.tools,
     )  # fmt: skip
     stop = trio.Event()
     with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
