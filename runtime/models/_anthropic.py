@@ -24,7 +24,7 @@ from typing import Any, Final
 import msgspec
 
 from .._errors import ModelOverloaded
-from ._convert import arguments_object, arguments_text, chosen_tool
+from ._convert import arguments_object, arguments_text, chosen_tool, strip_version
 from ._http import HttpSession, ProviderError
 from ._leak import raise_if_leaked
 from ._types import (
@@ -184,7 +184,12 @@ class AnthropicBackend:
         if api_key:
             sent["x-api-key"] = api_key
         self._http = HttpSession(
-            name, url, _describe, headers=sent, timeout_s=timeout_s, stall_timeout_s=stall_timeout_s
+            name,
+            strip_version(url),
+            _describe,
+            headers=sent,
+            timeout_s=timeout_s,
+            stall_timeout_s=stall_timeout_s,
         )
 
     async def chat(self, request: ChatRequest) -> ChatResponse:

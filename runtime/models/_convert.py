@@ -23,6 +23,7 @@ __all__ = [
     "call_names",
     "chosen_tool",
     "stable_call_id",
+    "strip_version",
 ]
 
 CHOICES: Final = ("auto", "required", "none")
@@ -83,3 +84,10 @@ def chosen_tool(backend: str, request: ChatRequest) -> ToolDef | None:
         f"tool_choice {request.tool_choice!r} names no offered tool (offered: {offered}); "
         "use auto, required, none or the name of a tool in tools",
     )
+
+
+def strip_version(url: str) -> str:
+    """``https://api.openai.com/v1`` → ``https://api.openai.com``: the paths we send start
+    with ``/v1``, and the SDKs' habit of configuring the base url with it is common."""
+    url = url.rstrip("/")
+    return url[: -len("/v1")] if url.endswith("/v1") else url

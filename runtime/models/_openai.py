@@ -22,7 +22,7 @@ from typing import Any, Final
 import msgspec
 
 from .._errors import ModelOverloaded
-from ._convert import arguments_text, chosen_tool, stable_call_id
+from ._convert import arguments_text, chosen_tool, stable_call_id, strip_version
 from ._http import HttpSession, ProviderError
 from ._leak import raise_if_leaked
 from ._types import (
@@ -151,7 +151,12 @@ class OpenAIBackend:
         if api_key:
             sent["authorization"] = f"Bearer {api_key}"
         self._http = HttpSession(
-            name, url, _describe, headers=sent, timeout_s=timeout_s, stall_timeout_s=stall_timeout_s
+            name,
+            strip_version(url),
+            _describe,
+            headers=sent,
+            timeout_s=timeout_s,
+            stall_timeout_s=stall_timeout_s,
         )
 
     async def chat(self, request: ChatRequest) -> ChatResponse:

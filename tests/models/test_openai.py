@@ -324,3 +324,10 @@ async def test_leaked_tool_call_tag(backend: OpenAIBackend, openai_double: Model
             "using the tool-call field; call tools through the tool-call field, never in the "
             "message text"
         )
+
+
+async def test_a_base_url_ending_in_v1_works_too(openai_double: ModelDouble) -> None:
+    backend = OpenAIBackend("remote", openai_double.url + "/v1/")
+    await backend.chat(request())
+    await backend.aclose()
+    assert openai_double.requests[0].path == "/v1/chat/completions"
