@@ -221,7 +221,7 @@ def models_prometheus(stats: Iterable[ModelStats]) -> str:
         out.append(f'agentrt_model_tokens_total{{{_labels(s)},direction="output"}} '
                    f"{s.output_tokens}")  # fmt: skip
     family("agentrt_model_cost_total", "counter", "Exact cost, in the unit of [models.prices].")
-    out += [f"agentrt_model_cost_total{{{_labels(s)}}} {s.cost:f}" for s in rows]
+    out += [f"agentrt_model_cost_total{{{_labels(s)}}} {_plain(s.cost)}" for s in rows]
     family("agentrt_model_latency_seconds", "histogram", "Duration of answered model calls.")
     for s in rows:
         cumulative = 0
@@ -254,11 +254,16 @@ def models_table(stats: Iterable[ModelStats]) -> Table | None:
         errors = sum(s.errors.values())
         table.add_row(
             s.agent, s.tier, s.model, str(s.calls), str(errors), str(s.fallbacks),
-            str(s.escalations), str(s.input_tokens), str(s.output_tokens), f"{s.cost:f}",
+            str(s.escalations), str(s.input_tokens), str(s.output_tokens), _plain(s.cost),
             _seconds(s.quantile(0.5)) if s.calls else "-",
             _seconds(s.quantile(0.95)) if s.calls else "-",
         )  # fmt: skip
     return table
+
+
+def _plain(value: Decimal) -> str:
+    """``0.0012500`` -> ``0.00125``, never ``1.25E-3``."""
+    return f"{value.normalize():f}"
 
 
 def _seconds(value: float) -> str:

@@ -239,7 +239,10 @@ async def _demo(s: Supervisor) -> int:
         console.print(result, markup=False, highlight=False)
     else:
         console.print_json(msgspec.json.encode(result).decode())
-    console.print(render_status(s.cluster_status(), await s.node_statuses()))
+    statuses = await s.node_statuses()
+    console.print(render_status(s.cluster_status(), statuses))
+    if (models := models_table(merge_stats(n.models for n in statuses))) is not None:
+        console.print(models)
     return 0
 
 
