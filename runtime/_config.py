@@ -131,9 +131,43 @@ def decode_toml(raw: bytes, type_: type[T], shown: str) -> T:
         return msgspec.toml.decode(raw, type=type_)
     except msgspec.ValidationError as exc:
         key, problem = _key_path(str(exc))
+        if "[...]" in key:
+            key = _name_table_entries(raw, type_, key, str(exc))
         raise ConfigError(shown, key, problem) from None
     except msgspec.DecodeError as exc:
         raise ConfigError(shown, "", f"not valid TOML: {exc}") from None
+
+
+def _name_table_entries(raw: bytes, type_: type[Any], key: str, message: str) -> str:
+    """msgspec writes ``[...]`` for an entry of a table of tables (``[models.backends.x]``):
+    find which entry fails by decoding with that table cut down to one entry at a time."""
+    import tomllib
+
+    doc = tomllib.loads(raw.decode())
+    while "[...]" in key:
+        head, _, tail = key.partition("[...]")
+        parent: Any = doc
+        for name, index, quoted in re.findall(r"\.([^.\[]+)|\[(\d+)\]|\['([^']*)'\]", head):
+            parent = parent[int(index)] if index else parent[name or quoted]
+        if not isinstance(parent, dict):
+            return key
+        entries, found = dict(parent), None
+        for entry, value in entries.items():
+            parent.clear()
+            parent[entry] = value
+            try:
+                msgspec.convert(doc, type_)
+            except msgspec.ValidationError as exc:
+                found = entry if str(exc) == message else None
+            if found is not None:
+                break
+        parent.clear()
+        parent.update(entries)
+        if found is None:
+            return key
+        key = head + (f".{found}" if re.fullmatch(r"[A-Za-z_][\w-]*", found) else f"['{found}']")
+        key += tail
+    return key
 
 
 def _key_path(msg: str) -> tuple[str, str]:

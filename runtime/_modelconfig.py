@@ -229,7 +229,7 @@ def check_models(models: ModelsSection, hosted: Mapping[str, type[Agent]], shown
         if own is None or (own.tier is None and not own.model):  # config wins where it speaks
             check_agent_class(models, cls, shown)
     for label, price in models.prices.items():
-        where = f'$.models.prices."{label}"'
+        where = f"$.models.prices['{label}']"
         _check_label(models, label, shown, where)
         if label not in listed:
             raise ConfigError(

@@ -132,7 +132,7 @@ def test_unknown_key_in_a_backend(tmp_path: Path, mod: str) -> None:
             'kind = "ollama"\nurl = "http://h:1"\napi_key = "sk"\n',
         ),
     )
-    assert exc.key == "$.models.backends[...]"  # msgspec does not name dict keys in paths
+    assert exc.key == "$.models.backends.x"
     assert exc.problem == "Object contains unknown field `api_key`"
 
 
@@ -141,7 +141,7 @@ def test_unknown_backend_kind(tmp_path: Path, mod: str) -> None:
         tmp_path,
         config(mod, TIERS + '[models.backends.local]\nkind = "vllm"\nurl = "http://h:1"\n'),
     )
-    assert exc.key == "$.models.backends[...].kind"
+    assert exc.key == "$.models.backends.local.kind"
     assert exc.problem == "Invalid enum value 'vllm'"
 
 
@@ -177,17 +177,24 @@ def test_no_tier_lists_a_model(tmp_path: Path, mod: str) -> None:
 def test_price_for_an_unknown_model(tmp_path: Path, mod: str) -> None:
     toml = config(mod, BACKENDS + TIERS + '[models.prices."remote:gpt-small"]\ninput = 1\n')
     exc = config_error(tmp_path, toml)
-    assert exc.key == '$.models.prices."remote:gpt-small"'
+    assert exc.key == "$.models.prices['remote:gpt-small']"
     assert exc.problem == (
         "price for 'remote:gpt-small', which no tier or agent uses; list it in [models.tiers] "
         "or fix the name"
     )
 
 
+def test_unknown_key_in_a_price_names_the_model(tmp_path: Path, mod: str) -> None:
+    toml = config(mod, BACKENDS + TIERS + '[models.prices."remote:gpt-big"]\ninptu = 1\n')
+    exc = config_error(tmp_path, toml)
+    assert exc.key == "$.models.prices['remote:gpt-big']"
+    assert exc.problem == "Object contains unknown field `inptu`"
+
+
 def test_negative_price(tmp_path: Path, mod: str) -> None:
     toml = config(mod, BACKENDS + TIERS + '[models.prices."remote:gpt-big"]\noutput = -1\n')
     exc = config_error(tmp_path, toml)
-    assert exc.key == '$.models.prices."remote:gpt-big".output'
+    assert exc.key == "$.models.prices['remote:gpt-big'].output"
     assert exc.problem == "must be a non-negative price per million tokens"
 
 
@@ -217,7 +224,7 @@ def test_agent_on_an_unknown_tier(tmp_path: Path, mod: str) -> None:
     exc = config_error(
         tmp_path, config(mod, BACKENDS + TIERS + '[models.agents.Writer]\ntier = "huge"\n')
     )
-    assert exc.key == "$.models.agents[...].tier"
+    assert exc.key == "$.models.agents.Writer.tier"
     assert exc.problem == "Invalid enum value 'huge'"
 
 
