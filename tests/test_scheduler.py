@@ -292,8 +292,12 @@ async def test_no_model_available_lists_every_attempt() -> None:
         "local:tiny (small): ModelOverloaded: the server failed or is overloaded (HTTP 503): "
         "loading model; retry later or fall back to another model"
     )
+    # the middle is httpx's own words for the refused connection
     assert exc.attempts[1].startswith(
-        f"remote:big (large): ModelOverloaded: cannot connect to {down}"
+        f"remote:big (large): ModelOverloaded: cannot connect to {down} ("
+    )
+    assert exc.attempts[1].endswith(
+        "); check that the server is running and that the backend's url is right"
     )
     assert str(exc) == (
         f"no model could serve 'Writer/k' from tier 'small' up: {exc.attempts[0]}; "
