@@ -1,8 +1,8 @@
 """Opening one MCP connection: a stdio child process or a streamable HTTP endpoint.
 
-Both give the SDK's pair of message streams. The server's messages are relayed through one
-more stream so that the end of the connection (stdout closed, HTTP transport failed) is an
-event for the bridge: the SDK's session does not say when its connection closed.
+Both give the SDK's pair of message streams. The read stream is wrapped so that the end of the
+connection (stdout closed, HTTP transport failed) is an event for the bridge: the SDK's
+session does not say when its connection closed.
 """
 
 from __future__ import annotations
@@ -40,35 +40,49 @@ async def open_transport(
         async with (
             http,
             streamable_http_client(cfg.url, http_client=http) as (read, write),
-            _relayed(read, on_closed) as relayed,
         ):
-            yield relayed, write
+            yield _EndAware(read, on_closed), write
     else:
         params = StdioServerParameters(command=cfg.command[0], args=cfg.command[1:], env=cfg.env)
-        async with (
-            stdio_client(params, errlog=errlog) as (read, write),
-            _relayed(read, on_closed) as relayed,
-        ):
-            yield relayed, write
+        async with stdio_client(params, errlog=errlog) as (read, write):
+            yield _EndAware(read, on_closed), write
 
 
-@asynccontextmanager
-async def _relayed(src: Any, on_closed: Callable[[], None]) -> AsyncIterator[Any]:
-    send, receive = anyio.create_memory_object_stream[Any](0)
+class _EndAware:
+    """The transport's read stream, unchanged, except that its end (EOF, or closed under the
+    session) calls ``on_closed``. A wrapper rather than a relay task: no extra hop per message,
+    and the per-message context (``last_context``) the SDK reads stays visible."""
 
-    async def relay() -> None:
+    def __init__(self, src: Any, on_closed: Callable[[], None]) -> None:
+        self._src, self._on_closed = src, on_closed
+
+    @property
+    def last_context(self) -> Any:
+        return getattr(self._src, "last_context", None)
+
+    def __aiter__(self) -> _EndAware:
+        return self
+
+    async def __anext__(self) -> Any:
         try:
-            async with send:
-                async for item in src:
-                    await send.send(item)
-        except (anyio.ClosedResourceError, anyio.BrokenResourceError):
-            pass
-        finally:
-            on_closed()
+            return await self._src.__anext__()
+        except (StopAsyncIteration, anyio.ClosedResourceError, anyio.BrokenResourceError):
+            self._on_closed()
+            raise
 
-    async with anyio.create_task_group() as tg:
-        tg.start_soon(relay)
+    async def receive(self) -> Any:
         try:
-            yield receive
-        finally:
-            tg.cancel_scope.cancel()
+            return await self._src.receive()
+        except (anyio.EndOfStream, anyio.ClosedResourceError, anyio.BrokenResourceError):
+            self._on_closed()
+            raise
+
+    async def aclose(self) -> None:
+        await self._src.aclose()
+
+    async def __aenter__(self) -> _EndAware:
+        await self._src.__aenter__()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self._src.__aexit__(*exc)
