@@ -143,12 +143,18 @@ def _name_table_entries(raw: bytes, type_: type[Any], key: str, message: str) ->
     find which entry fails by decoding with that table cut down to one entry at a time."""
     import tomllib
 
-    doc = tomllib.loads(raw.decode())
+    try:
+        doc = tomllib.loads(raw.decode())
+    except (UnicodeDecodeError, tomllib.TOMLDecodeError):
+        return key
     while "[...]" in key:
         head, _, tail = key.partition("[...]")
         parent: Any = doc
-        for name, index, quoted in re.findall(r"\.([^.\[]+)|\[(\d+)\]|\['([^']*)'\]", head):
-            parent = parent[int(index)] if index else parent[name or quoted]
+        try:
+            for name, index, quoted in re.findall(r"\.([^.\[]+)|\[(\d+)\]|\['([^']*)'\]", head):
+                parent = parent[int(index)] if index else parent[name or quoted]
+        except (KeyError, IndexError, TypeError):  # a renamed field: keep msgspec's path
+            return key
         if not isinstance(parent, dict):
             return key
         entries, found = dict(parent), None
