@@ -513,3 +513,45 @@ def test_scheduler_needs_an_object_for_every_backend() -> None:
     models = section({"local": "http://127.0.0.1:1"}, {"small": ["local:m"]})
     with pytest.raises(ValueError, match=r"no backend object for local"):
         Scheduler(models, {})
+
+
+class Lofty(agentrt.Agent):
+    tier = "large"
+
+
+async def test_a_class_tier_without_models_fails_when_the_session_is_made() -> None:
+    # load_config refuses this earlier; a Scheduler built by hand still says what to fix
+    async with doubles(1) as [d]:
+        models = section({"local": d.url}, {"small": ["local:s"]})
+        async with open_scheduler(models, agents=[Lofty]) as sched:
+            with pytest.raises(agentrt.ConfigError) as info:
+                sched.session("Lofty/1", "Lofty")
+    assert str(info.value) == (
+        "agentrt.toml: $.models.agents.Lofty: agent type 'Lofty' starts on tier 'large', which "
+        "lists no models; add models to [models.tiers] large or give the agent another tier"
+    )
+
+
+async def test_a_pinned_model_no_tier_lists_cannot_escalate() -> None:
+    async with doubles(1) as [d]:
+        models = section({"local": d.url}, {"small": ["local:s"], "large": ["local:l"]})
+        async with open_scheduler(models, agents=[Pinned]) as sched:
+            s = sched.session("Pinned/1", "Pinned")
+            assert (s.tier, s.model) == ("pinned", "local:pinned:1b")
+            assert s.escalate("too hard") is False
+            assert sched.accounting.snapshot() == []  # nothing happened, nothing counted
+
+
+async def test_a_stream_that_fails_midway_restarts_on_the_next_model() -> None:
+    async with doubles(1) as [d]:
+        d.push(Reply.error(500, "runner died", mid_stream=True))
+        d.default = Reply.text("all good", chunks=["all ", "good"])
+        models = section({"local": d.url}, {"small": ["local:a", "local:b"]})
+        async with open_scheduler(models) as sched:
+            pieces: list[str] = []
+            with trio.fail_after(10):
+                reply = await sched.session("W/1", "W").chat(ASK, on_text=pieces.append)
+            assert reply.message.content == "all good"
+            assert sched.accounting.get("W", "small", "local:a").errors == {"ModelOverloaded": 1}
+    assert pieces == ["partial ", "all ", "good"]  # documented: the text starts again
+    assert asked(d) == ["a", "b"]
