@@ -50,6 +50,10 @@ class ModelStats(msgspec.Struct, kw_only=True):
         errors: failed attempts on this model, by error class (``ModelOverloaded``...).
         fallbacks: times a failure here moved the call to another model.
         escalations: times an actor on this tier moved up (counted on the model it was using).
+        queued: calls that waited for a slot before this model served them.
+        queue_wait_s: total time those calls waited.
+        queue_timeouts: calls that gave up waiting (``queue_timeout_s``), counted on the
+            tier's first model.
         input_tokens: prompt tokens the provider reported.
         output_tokens: completion tokens the provider reported.
         cost: exact total, in the unit of ``[models.prices]`` (per million tokens).
@@ -66,6 +70,9 @@ class ModelStats(msgspec.Struct, kw_only=True):
     errors: dict[str, int] = {}
     fallbacks: int = 0
     escalations: int = 0
+    queued: int = 0
+    queue_wait_s: float = 0.0
+    queue_timeouts: int = 0
     input_tokens: int = 0
     output_tokens: int = 0
     cost: Decimal = Decimal(0)
@@ -106,6 +113,9 @@ class ModelStats(msgspec.Struct, kw_only=True):
             self.errors[name] = self.errors.get(name, 0) + n
         self.fallbacks += other.fallbacks
         self.escalations += other.escalations
+        self.queued += other.queued
+        self.queue_wait_s += other.queue_wait_s
+        self.queue_timeouts += other.queue_timeouts
         self.input_tokens += other.input_tokens
         self.output_tokens += other.output_tokens
         self.cost += other.cost
@@ -161,6 +171,15 @@ class Accounting:
         """Count a call that moved on from this (failed) model to another one."""
         self._row(agent, tier, model).fallbacks += 1
 
+    def waited(self, agent: str, tier: str, model: str, seconds: float) -> None:
+        """Count a call that queued ``seconds`` for a slot, then got one for ``model``."""
+        row = self._row(agent, tier, model)
+        row.queued += 1
+        row.queue_wait_s += seconds
+
+    def gave_up_waiting(self, agent: str, tier: str, model: str) -> None:
+        self._row(agent, tier, model).queue_timeouts += 1
+
     def escalated(self, agent: str, tier: str, model: str) -> None:
         self._row(agent, tier, model).escalations += 1
 
@@ -214,6 +233,14 @@ def models_prometheus(stats: Iterable[ModelStats]) -> str:
     out += [f"agentrt_model_fallbacks_total{{{_labels(s)}}} {s.fallbacks}" for s in rows]
     family("agentrt_model_escalations_total", "counter", "Actors moved up from this tier.")
     out += [f"agentrt_model_escalations_total{{{_labels(s)}}} {s.escalations}" for s in rows]
+    family("agentrt_model_queued_total", "counter", "Calls that waited for a backend slot.")
+    out += [f"agentrt_model_queued_total{{{_labels(s)}}} {s.queued}" for s in rows]
+    family("agentrt_model_queue_wait_seconds_total", "counter", "Time calls waited for a slot.")
+    out += [f"agentrt_model_queue_wait_seconds_total{{{_labels(s)}}} {s.queue_wait_s!r}"
+            for s in rows]  # fmt: skip
+    family("agentrt_model_queue_timeouts_total", "counter", "Calls that gave up waiting for a "
+           "slot (queue_timeout_s).")  # fmt: skip
+    out += [f"agentrt_model_queue_timeouts_total{{{_labels(s)}}} {s.queue_timeouts}" for s in rows]
     family("agentrt_model_tokens_total", "counter", "Tokens reported by the provider.")
     for s in rows:
         out.append(f'agentrt_model_tokens_total{{{_labels(s)},direction="input"}} '

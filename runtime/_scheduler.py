@@ -363,11 +363,15 @@ class Scheduler:
                 return lb, cap
             if cap not in caps:
                 caps.append(cap)
+        started = trio.current_time()
         with trio.CancelScope(deadline=wake):
             got = await acquire_any(caps, session.actor)
             label = next(lb for lb in ready if self._split(lb)[0] == got.backend)
+            waited = trio.current_time() - started
+            self.accounting.waited(session.agent_type, tier, label, waited)
             return label, got
         if trio.current_time() >= queue_deadline:
+            self.accounting.gave_up_waiting(session.agent_type, tier, ready[0])
             limits = ", ".join(f"{c.backend} max_concurrent={c.limit}" for c in caps)
             raise ModelTimeout(
                 ", ".join(c.backend for c in caps),

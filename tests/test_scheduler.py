@@ -399,10 +399,13 @@ async def test_capacity_holds_under_100_concurrent_requests() -> None:
                     for i in range(total):
                         nursery.start_soon(one, f"W/{i % 10}")
             stats = sched.capacity("local")
+            row = sched.accounting.get("W", "small", "local:m")
         assert sorted(replies) == sorted(f"answer {i}" for i in range(1, total + 1))
         assert seen["max"] == limit  # the double never saw more than max_concurrent at once
         assert (stats.max_in_use, stats.in_use, stats.waiting) == (limit, 0, 0)
         assert stats.waited == total - limit
+        assert (row.calls, row.queued) == (total, total - limit)
+        assert row.queue_wait_s > 0
 
 
 async def test_queue_is_round_robin_between_actors() -> None:
@@ -452,6 +455,9 @@ async def test_queue_timeout_is_a_typed_error_and_frees_nothing_it_did_not_take(
                     hold.set()
             assert sched.capacity("local").in_use == 0
             await sched.session("W/d", "W").chat(ASK)  # the slot is usable again
+            row = sched.accounting.get("W", "small", "local:m")
+            # W/b gave up on queue_timeout_s; W/c's own deadline is not the queue's doing
+            assert (row.calls, row.queued, row.queue_timeouts) == (2, 0, 1)
     assert str(info.value) == (
         "model 'local:m' on backend 'local': no free slot for W/b on tier 'small' within "
         "queue_timeout_s = 0.3 s (local max_concurrent=1); raise max_concurrent, add models to "
