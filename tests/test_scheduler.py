@@ -561,3 +561,41 @@ async def test_a_stream_that_fails_midway_restarts_on_the_next_model() -> None:
             assert sched.accounting.get("W", "small", "local:a").errors == {"ModelOverloaded": 1}
     assert pieces == ["partial ", "all ", "good"]  # documented: the text starts again
     assert asked(d) == ["a", "b"]
+
+
+async def test_tiers_across_the_three_protocols_with_keys_from_the_environment() -> None:
+    async with (
+        serve_double("ollama") as local,
+        serve_double("openai") as openai,
+        serve_double("anthropic") as anthropic,
+    ):
+        local.push(Reply.error(500, "runner crashed"))
+        openai.push(Reply.error(429, retry_after="60"))
+        anthropic.default = Reply.text("from claude", input_tokens=2000, output_tokens=100)
+        raw = {
+            "backends": {
+                "local": {"kind": "ollama", "url": local.url},
+                "oai": {"kind": "openai", "url": openai.url, "api_key_env": "OAI_KEY"},
+                "ant": {"kind": "anthropic", "url": anthropic.url, "api_key_env": "ANT_KEY"},
+            },
+            "tiers": {"small": ["local:tiny"], "medium": ["oai:gpt-mini"], "large": ["ant:opus"]},
+            "prices": {"ant:opus": {"input": "15", "output": "75"}},
+        }
+        models = msgspec.convert(raw, ModelsSection)
+        environ = {"OAI_KEY": "sk-oai-test", "ANT_KEY": "sk-ant-test"}
+        async with open_scheduler(models, environ=environ) as sched:
+            s = sched.session("W/1", "W")
+            pieces: list[str] = []
+            with trio.fail_after(10):
+                reply = await s.chat(ASK, on_text=pieces.append)
+            snapshot = {x.key: x for x in sched.snapshot()}
+    assert reply.message.content == "from claude" and "".join(pieces) == "from claude"
+    assert s.model == "ant:opus"
+    assert snapshot[("W", "small", "local:tiny")].errors == {"ModelOverloaded": 1}
+    assert snapshot[("W", "medium", "oai:gpt-mini")].errors == {"RateLimited": 1}
+    opus = snapshot[("W", "large", "ant:opus")]
+    assert (opus.calls, opus.input_tokens, opus.output_tokens) == (1, 2000, 100)
+    assert opus.cost == Decimal("0.0375")  # (2000 * 15 + 100 * 75) / 1e6
+    assert openai.chat_requests[0].headers["authorization"] == "Bearer sk-oai-test"
+    assert anthropic.chat_requests[0].headers["x-api-key"] == "sk-ant-test"
+    assert anthropic.chat_requests[0].body["model"] == "opus"
