@@ -26,7 +26,15 @@ from agentrt.models import ChatMessage, ChatResponse
 
 from ._llm import ChatSession, offered_tools, run_tool_loop
 
-__all__ = ["EvalFile", "EvalReport", "EvalTask", "TierResult", "evaluate", "load_eval_file"]
+__all__ = [
+    "EvalFile",
+    "EvalReport",
+    "EvalTask",
+    "TierResult",
+    "evaluate",
+    "load_eval_file",
+    "render_report",
+]
 
 
 class EvalTask(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
@@ -275,3 +283,28 @@ def _recommend(spec: EvalFile, results: list[TierResult]) -> EvalReport:
     return EvalReport(
         threshold=spec.threshold, results=results, task_tiers=task_tiers, agent_tiers=agent_tiers
     )
+
+
+def render_report(report: EvalReport) -> tuple[Any, str]:
+    """A rich table of every (task, tier), and the ``[models.agents]`` TOML to paste."""
+    from rich import box
+    from rich.table import Table
+
+    table = Table(box=box.SIMPLE_HEAD, pad_edge=False, title="agentrt eval")
+    for col in ("task", "agent", "tier", "pass", "steps", "gate fails", "tokens in/out", "cost",
+                "p50 s", "errors"):  # fmt: skip
+        table.add_column(col)
+    for r in report.results:
+        mark = "*" if report.task_tiers.get(r.task) == r.tier else ""
+        table.add_row(
+            r.task, r.agent, r.tier + mark, f"{r.passed}/{r.runs}", str(r.steps),
+            str(r.failed_calls), f"{r.input_tokens}/{r.output_tokens}", r.cost,
+            f"{r.p50_s:.3f}", "; ".join(dict.fromkeys(r.errors))[:60],
+        )  # fmt: skip
+    lines = [f"# cheapest tier passing >= {report.threshold:.0%} of runs (* in the table)"]
+    for task, tier in report.task_tiers.items():
+        if not tier:
+            lines.append(f"# task {task!r}: no tier passed; the agent keeps the largest")
+    for agent, tier in sorted(report.agent_tiers.items()):
+        lines += [f"[models.agents.{agent}]", f'tier = "{tier}"']
+    return table, "\n".join(lines)

@@ -335,7 +335,8 @@ class LlmAgent(Agent):  # type: ignore[misc]
         node = self._node
         return await run_tool_loop(
             node, session, messages, tools=offered_tools(node, self.tools), sender=str(self.id),
-            max_steps=self.max_steps, escalate_after=self.escalate_after,
+            max_steps=self.max_steps,
+            escalate_after=getattr(session, "escalate_after", self.escalate_after),
             repeat_limit=self.repeat_limit,
         )  # fmt: skip
 

@@ -480,6 +480,53 @@ def policy_check(file: str) -> None:
     console.print("\n".join(loaded.effective()), markup=False, highlight=False)
 
 
+@main.command("eval")
+@click.argument("file", type=click.Path(dir_okay=False))
+@_config_option
+@click.option("--json", "as_json", is_flag=True, help="Print the results as JSON.")
+def eval_(file: str, config: str | None, as_json: bool) -> None:
+    """Run FILE's tasks on every tier against the running cluster's tools; recommend the
+    cheapest tier per agent type (see docs/scheduler.md)."""
+    from agentrt.agents._eval import evaluate, load_eval_file, render_report
+
+    from ._scheduler import open_scheduler
+
+    cfg = _load(config)
+    try:
+        spec = load_eval_file(file)
+        if cfg.models is None:
+            raise ConfigError(
+                cfg.path, "$.models", "agentrt eval needs a [models] section (backends and "
+                "tiers) to know which models each tier has",
+            )  # fmt: skip
+    except AgentrtError as exc:
+        _fail(exc)
+
+    async def run() -> int:
+        assert cfg.models is not None
+        async with open_scheduler(cfg.models) as scheduler:
+
+            async def q(client: Node) -> int:
+                report = await evaluate(
+                    client, spec,
+                    lambda agent, tier: scheduler.session(f"eval/{agent}", agent, pin=tier),
+                    price=scheduler.accounting.cost_of,
+                    on_result=None if as_json else lambda r: err_console.print(
+                        f"  {r.task} on {r.tier}: {r.passed}/{r.runs} passed"),
+                )  # fmt: skip
+                if as_json:
+                    print(msgspec.json.encode(report).decode())
+                    return 0
+                table, toml = render_report(report)
+                console.print(table)
+                console.print(toml, markup=False, highlight=False)
+                return 0
+
+            return await _with_client(cfg, q)
+
+    _run(run)
+
+
 @main.command()
 @click.argument("path", required=False)
 @_config_option

@@ -189,17 +189,34 @@ class Scheduler:
             )
             self._plans.pop(cls.agent_type, None)
 
-    def session(self, actor_id: str, agent_type: str) -> ModelSession:
+    def session(self, actor_id: str, agent_type: str, *, pin: str | None = None) -> ModelSession:
         """A new session for one actor, on its agent type's starting tier.
+
+        ``pin`` serves every call from that tier alone: no fallback to another tier, no
+        escalation (``agentrt eval`` measures one tier at a time this way).
 
         Raises:
             ConfigError: the agent type's tier lists no models (only when the scheduler was
-                built without ``load_config``'s checks).
+                built without ``load_config``'s checks), or ``pin`` names a tier without models.
         """
+        if pin is not None:
+            models = self.models.tiers.of(pin) if pin in TIERS else []
+            if not models:
+                raise ConfigError(
+                    "agentrt.toml", f"$.models.tiers.{pin}",
+                    f"tier {pin!r} lists no models; the tiers with models are "
+                    f"{', '.join(t for t in TIERS if self.models.tiers.of(t)) or 'none'}",
+                )  # fmt: skip
+            escalate_after = self._plan_for(agent_type).escalate_after
+            plan = _Plan((_Level(pin, tuple(models)),), escalate_after)
+            return ModelSession(self, actor_id, agent_type, plan)
+        return ModelSession(self, actor_id, agent_type, self._plan_for(agent_type))
+
+    def _plan_for(self, agent_type: str) -> _Plan:
         plan = self._plans.get(agent_type)
         if plan is None:
             plan = self._plans[agent_type] = self._plan(agent_type)
-        return ModelSession(self, actor_id, agent_type, plan)
+        return plan
 
     def _split(self, label: str) -> tuple[str, str]:
         parts = self._labels.get(label)

@@ -58,6 +58,7 @@ class PromptSession(ScriptedSession):
 async def test_eval_recommends_the_cheapest_tier_that_passes(
     nats_url: str, cluster_name: str, tmp_path: Path
 ) -> None:
+    runs.clear()  # shared with test_llm_loop's tools
     path = tmp_path / "eval.toml"
     path.write_text(EVAL)
     spec = load_eval_file(path)

@@ -20,6 +20,7 @@ import pytest
 import trio
 import trio.testing
 from agentrt import (
+    ConfigError,
     ModelOverloaded,
     ModelRequestRejected,
     ModelTimeout,
@@ -599,3 +600,23 @@ async def test_tiers_across_the_three_protocols_with_keys_from_the_environment()
     assert openai.chat_requests[0].headers["authorization"] == "Bearer sk-oai-test"
     assert anthropic.chat_requests[0].headers["x-api-key"] == "sk-ant-test"
     assert anthropic.chat_requests[0].body["model"] == "opus"
+
+
+async def test_a_pinned_session_never_leaves_its_tier() -> None:
+    async with serve_double("ollama") as d:
+        d.push(Reply.error(500, "runner crashed"))
+        models = section({"local": d.url}, {"small": ["local:s"], "large": ["local:l"]})
+        async with open_scheduler(models) as sched:
+            session = sched.session("eval/x", "x", pin="small")
+            with pytest.raises(NoModelAvailable) as info:
+                await session.chat([ChatMessage(role="user", content="hi")])
+            assert session.escalate("no") is False
+            assert (session.tier, session.model) == ("small", "local:s")
+            with pytest.raises(ConfigError) as bad:
+                sched.session("eval/x", "x", pin="medium")
+    assert [r.body["model"] for r in d.chat_requests] == ["s"]  # the large tier was not tried
+    assert "local:l" not in str(info.value)
+    assert str(bad.value) == (
+        "agentrt.toml: $.models.tiers.medium: tier 'medium' lists no models; the tiers with "
+        "models are small, large"
+    )
