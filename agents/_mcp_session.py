@@ -149,13 +149,23 @@ class ServerSupervisor:
             try:
                 with trio.CancelScope() as scope:
                     await self._connected(run, stderr, scope, on_ready)
+            except Exception as exc:
+                run.end(_describe(exc))
+                raise
             finally:
-                run.end(run.reason or "the bridge stopped")
-                if self._run is run:
-                    self._run = None
-                    self._up = trio.Event()
+                run.end("the bridge stopped")  # (if nothing ended it before)
+                self._lost(run)
                 _log_stderr(self.name, stderr)
         self.last_error = run.reason
+
+    def _lost(self, run: _Run) -> None:
+        """The run is over: calls from now on wait for the next one or fail (``outage``)."""
+        if self._run is run:
+            self._run = None
+            self._up = trio.Event()
+            self.state = "down"
+            self.last_error = run.reason
+            self._on_change()
 
     async def _connected(
         self, run: _Run, stderr: TextIO, scope: trio.CancelScope, on_ready: Callable[[], None]
@@ -189,6 +199,7 @@ class ServerSupervisor:
             nursery.start_soon(self._follow_list, run)
             nursery.start_soon(self._watch, run)
             await run.ended.wait()
+            self._lost(run)
             nursery.cancel_scope.cancel()
             # Closing politely (DELETE, stdin closed) must not hang on a stuck server.
             scope.deadline = trio.current_time() + _CLOSE_GRACE_S
