@@ -359,7 +359,7 @@ def _messages(messages: tuple[ChatMessage, ...]) -> list[dict[str, Any]]:
         elif message.tool_calls:
             entry = {
                 "role": "assistant",
-                "content": message.content or None,
+                "content": message.content,  # a string even when empty: llama.cpp refuses null
                 "tool_calls": [
                     {
                         "id": call.id,

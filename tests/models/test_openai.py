@@ -122,7 +122,7 @@ async def test_tool_call_round_trip(backend: OpenAIBackend, openai_double: Model
     assert openai_double.requests[1].body["messages"][2:] == [
         {
             "role": "assistant",
-            "content": None,
+            "content": "",
             "tool_calls": [
                 {
                     "id": "call_d1x0",
