@@ -144,3 +144,21 @@ async def test_forced_tool_call_is_valid_and_round_trips(gemma: OpenAIBackend) -
         second = await gemma.chat(follow_up)
     assert not second.message.tool_calls
     assert second.usage.input_tokens > first.usage.input_tokens  # the result was sent back
+
+
+async def test_forced_tool_call_streamed(gemma: OpenAIBackend) -> None:
+    ask = ChatRequest(
+        model="gemma3-270m",
+        messages=(ChatMessage(role="user", content="What is 2 plus 3? Use the add tool."),),
+        tools=(ADD,),
+        tool_choice="add",
+        max_tokens=64,
+        temperature=0.0,
+    )
+    with trio.fail_after(300):
+        whole = await gemma.chat(ask)
+        final = (await collect(gemma, ask))[-1].response
+    assert final is not None
+    [call] = final.message.tool_calls
+    assert call.name == "add"
+    assert json.loads(call.arguments) == json.loads(whole.message.tool_calls[0].arguments)
