@@ -13,7 +13,8 @@ accepts connections. Its tools let a test make it misbehave on demand:
 - ``add_tool(name)`` / ``remove_tool(name)`` / ``retype_echo()``: change the tool list (echo's
   ``text`` becomes an integer) and send ``notifications/tools/list_changed``;
 - ``calls()``: every call this process received so far (name and arguments), in order;
-- ``header(name)``: that HTTP header of the request carrying this call.
+- ``header(name)``: that HTTP header of the request carrying this call;
+- ``pid()``: the server's process id (a test stops it with SIGSTOP to make it hang).
 """
 
 from __future__ import annotations
@@ -70,6 +71,7 @@ tools: dict[str, types.Tool] = {
         types.Tool(name="calls", description="The calls received.", input_schema=EMPTY),
         types.Tool(name="header", description="An HTTP header of this call's request.",
                    input_schema=NAME_IN),
+        types.Tool(name="pid", description="This server's process id.", input_schema=EMPTY),
     ]
 }  # fmt: skip
 received: list[dict[str, Any]] = []
@@ -114,6 +116,8 @@ async def call_tool(ctx: Any, params: types.CallToolRequestParams) -> types.Call
         request = getattr(ctx, "request", None)
         value = request.headers.get(args["name"]) if request is not None else None
         return _text(str(value), {"value": value})
+    if name == "pid":
+        return _text(str(os.getpid()), {"pid": os.getpid()})
     if name == "calls":
         return _text(str(received), {"calls": received})
     if name == "add_tool":

@@ -180,14 +180,20 @@ async def test_mcp_servers_listed_in_agentrt_toml_are_usable_cluster_wide_and_in
                 echoed = await sup.client.call_tool("mcp.web.echo", {"text": "via http"})
                 header = await sup.client.call_tool("mcp.web.header", {"name": "x-test"})
                 [status] = [n for n in await sup.node_statuses() if n.mcp]
+                cli = await trio.run_process(
+                    [str(Path(sys.executable).with_name("agentrt")), "status", "-c",
+                     str(tmp_path)], capture_stdout=True,
+                )  # fmt: skip
             sup.stop()
+    shown = [line.split() for line in cli.stdout.decode().splitlines()]
+    assert ["bridge", "web", "http", "ready", "0", "11", "-"] in shown  # the CLI's MCP table
     assert "UTC" in str(result)
     assert echoed == {"text": "via http"}
     assert header == {"value": "1"}  # the configured headers go with every request
     health = {m.name: m for m in status.mcp}
     assert (health["time"].transport, health["time"].state) == ("stdio", "ready")
     assert (health["web"].transport, health["web"].state) == ("http", "ready")
-    assert health["web"].tools == 10 and health["time"].tools == 2
+    assert health["web"].tools == 11 and health["time"].tools == 2
     table = render_mcp([status])
     assert table is not None
     console = Console(width=120, record=True)

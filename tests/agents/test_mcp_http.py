@@ -3,6 +3,8 @@ hangs, invalid output, tool-list changes, cancellation, outages and the concurre
 
 from __future__ import annotations
 
+import os
+import signal
 import sys
 from typing import Any
 
@@ -117,6 +119,25 @@ async def test_a_server_that_stops_answering_is_reconnected(
                 srv.resume()
                 await bridge.wait_ready("test", 1)
                 assert await client.call_tool("mcp.test.echo", {"text": "ok"}) == {"text": "ok"}
+
+
+async def test_a_hung_stdio_server_is_killed_and_restarted(
+    nats_url: str, cluster_name: str
+) -> None:
+    async with bridged(nats_url, cluster_name, [_stdio(ping_timeout_s=1.0)]) as (
+        bridge, _, client,
+    ):  # fmt: skip
+        with trio.fail_after(60):
+            await client.registry.wait_for("mcp.test.pid")
+            pid = (await client.call_tool("mcp.test.pid", {}))["pid"]
+            os.kill(pid, signal.SIGSTOP)  # alive, silent
+            await wait_until(bridge, lambda: bridge.health()[0].state != "ready")
+            assert "did not answer a ping within 1s" in bridge.health()[0].last_error
+            await bridge.wait_ready("test", 1)
+            new_pid = (await client.call_tool("mcp.test.pid", {}))["pid"]
+    assert new_pid != pid
+    with pytest.raises(ProcessLookupError):  # the hung process was killed and reaped
+        os.kill(pid, 0)
 
 
 async def test_outage_wait_holds_calls_until_the_server_is_back(
