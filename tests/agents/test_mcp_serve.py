@@ -169,3 +169,29 @@ async def test_mcp_serve_offers_nothing_under_the_default_strict_policy(
             "no pattern matches (default deny)); change the node's policy file if this node should "
             "be allowed to"
         )
+
+
+@pytest.mark.parametrize(
+    ("extra", "code", "message"),
+    [
+        ([], 1, "cluster 'nocl' is not running ({state} does not exist); start it with "
+                "`agentrt up -c {toml}`"),
+        (["--http", "nope"], 1, "--http 'nope': give HOST:PORT, e.g. 127.0.0.1:8765"),
+        (["--policy", "missing.toml"], 2, "missing.toml: policy file not found"),
+    ],
+)  # fmt: skip
+def test_mcp_serve_says_what_is_wrong(
+    tmp_path: Path, extra: list[str], code: int, message: str
+) -> None:
+    (tmp_path / "agentrt.toml").write_text(
+        '[cluster]\nname = "nocl"\n[[nodes]]\nname = "a"\ntools = ["agentrt.sandbox:csv2json"]\n'
+    )
+    done = subprocess.run(
+        [AGENTRT, "mcp", "serve", "-c", str(tmp_path), *extra],
+        cwd=tmp_path, capture_output=True, text=True, timeout=60, stdin=subprocess.DEVNULL,
+    )  # fmt: skip
+    assert done.returncode == code
+    expected = message.format(
+        state=tmp_path / ".agentrt" / "state.json", toml=tmp_path / "agentrt.toml"
+    )
+    assert " ".join(done.stderr.split()) == f"agentrt: error: {expected}"
