@@ -21,7 +21,7 @@ from typing import Any, Literal
 
 import msgspec
 import trio
-from agentrt import ConfigError, NodeStatus
+from agentrt import ConfigError, Node, NodeStatus
 from agentrt._control import McpServerHealth
 
 from ._mcp_session import ServerSupervisor
@@ -97,11 +97,14 @@ class McpBridge:
     """
 
     def __init__(
-        self, node: Any, servers: Sequence[McpServerConfig], *, restart_backoff_s: float = 0.5,
+        self, node: Node, servers: Sequence[McpServerConfig], *, restart_backoff_s: float = 0.5,
         max_backoff_s: float = 10.0,
     ) -> None:  # fmt: skip
-        """Raises:
-        ConfigError: two servers share a name, or a server's entry is inconsistent."""
+        """Check the entries; nothing starts before ``serve``.
+
+        Raises:
+            ConfigError: two servers share a name, or a server's entry is inconsistent.
+        """
         seen: set[str] = set()
         for i, s in enumerate(servers):
             problem = check_server_config(s)

@@ -22,7 +22,7 @@ from typing import IO, TYPE_CHECKING, Any, TextIO
 
 import mcp_types
 import trio
-from agentrt import McpServerError, ToolSpec, make_tool
+from agentrt import McpServerError, Node, ToolSpec, make_tool
 from agentrt._control import McpServerHealth
 from mcp import ClientSession
 from mcp.types import CallToolResult, TextContent
@@ -81,7 +81,7 @@ class ServerSupervisor:
     """Keeps one server connected and its tools hosted on ``node``."""
 
     def __init__(
-        self, node: Any, cfg: McpServerConfig, on_change: Callable[[], None]
+        self, node: Node, cfg: McpServerConfig, on_change: Callable[[], None]
     ) -> None:  # fmt: skip
         self.cfg = cfg
         self.name = cfg.name
