@@ -14,6 +14,7 @@ from ._agent import RestartPolicy as RestartPolicy
 from ._cache import CacheCount as CacheCount
 from ._cache import ToolRule as ToolRule
 from ._control import AgentStats as AgentStats
+from ._control import McpServerHealth as McpServerHealth
 from ._control import NodeStatus as NodeStatus
 from ._envelope import ContentType as ContentType
 from ._envelope import Envelope as Envelope
@@ -99,6 +100,7 @@ __all__ = [
     "MalformedMessage",
     "MalformedModelOutput",
     "McpServerError",
+    "McpServerHealth",
     "Message",
     "ModelError",
     "ModelOverloaded",
