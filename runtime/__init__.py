@@ -48,6 +48,7 @@ from ._errors import RateLimited as RateLimited
 from ._errors import RemoteError as RemoteError
 from ._errors import SchemaError as SchemaError
 from ._errors import StepLimitExceeded as StepLimitExceeded
+from ._errors import ToolCallAsText as ToolCallAsText
 from ._errors import TransformError as TransformError
 from ._errors import TransformMemoryExceeded as TransformMemoryExceeded
 from ._errors import TransformOutOfFuel as TransformOutOfFuel
@@ -126,6 +127,7 @@ __all__ = [
     "SchemaError",
     "StepLimitExceeded",
     "Tool",
+    "ToolCallAsText",
     "ToolRule",
     "ToolSpec",
     "TransformError",

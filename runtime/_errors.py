@@ -29,6 +29,7 @@ AgentrtError
 │   ├── ModelTimeout             (also TimeoutError) no complete answer before the deadline
 │   ├── ContextTooLong           the prompt does not fit the model's context window
 │   ├── MalformedModelOutput     the answer (or a tool call in it) could not be read
+│   │   └── ToolCallAsText       the model wrote a tool call in its text, not the tool-call field
 │   ├── ModelRequestRejected     the provider refused the request (auth, unknown model, 4xx)
 │   └── NoModelAvailable         the scheduler ran out of models (every tier failed or is full)
 ├── StepLimitExceeded            an LLM agent used its step budget without a final answer
@@ -80,6 +81,7 @@ __all__ = [
     "RemoteError",
     "SchemaError",
     "StepLimitExceeded",
+    "ToolCallAsText",
     "TransformError",
     "TransformMemoryExceeded",
     "TransformOutOfFuel",
@@ -296,6 +298,16 @@ class MalformedModelOutput(ModelError):
     ) -> None:
         self.raw = raw[:2000]
         super().__init__(backend, model, problem, status=status)
+
+
+class ToolCallAsText(MalformedModelOutput):
+    """The model answered with a tool call written as text (JSON, ``<tool_call>`` tags, a
+    fenced block) instead of the provider's tool-call field.
+
+    Unlike a broken stream, this is the model's own behaviour, not the provider's: the
+    scheduler does not fall back to another model for it, it reaches the caller, and the LLM
+    agent feeds it back to the model (which counts towards escalation).
+    """
 
 
 class ModelRequestRejected(ModelError):

@@ -44,6 +44,7 @@ from ._errors import (
     ModelTimeout,
     NoModelAvailable,
     RateLimited,
+    ToolCallAsText,
 )
 from ._modelconfig import TIERS, ModelsSection, split_label
 from .models import ChatMessage, ChatRequest, ChatResponse, ModelBackend, ToolDef
@@ -349,6 +350,8 @@ class Scheduler:
                         f"was tried: check [models.backends.{backend_name}] and the model "
                         "name in agentrt.toml", status=exc.status,
                     ) from exc  # fmt: skip
+                if isinstance(exc, ToolCallAsText):
+                    raise  # the model's behaviour: the caller feeds it back (or escalates)
                 if isinstance(exc, ContextTooLong | MalformedModelOutput):
                     raise _NextLevel(escalate=isinstance(exc, ContextTooLong)) from exc
                 if isinstance(exc, RateLimited):

@@ -85,3 +85,49 @@ async def test_a_looping_small_model_is_escalated_and_the_large_one_finishes(
     second = double.chat_requests[1].body["messages"]
     assert second[-1]["role"] == "tool"
     assert second[-1]["content"].startswith("error: weather.get input invalid:\n/town: ")
+
+
+async def test_a_tool_call_written_as_text_goes_back_to_the_same_model(
+    nats_url: str, cluster_name: str
+) -> None:
+    runs.clear()
+    leaked = '<tool_call>{"name": "weather__get", "arguments": {"city": "Oslo"}}</tool_call>'
+
+    def respond(path: str, body: Any) -> Reply | None:
+        last = body["messages"][-1]
+        if last["role"] == "tool":
+            return Reply.text("21 C")
+        if last["content"].startswith("Your last reply could not be used"):
+            return Reply.tool_call("weather__get", '{"city": "Oslo"}')
+        return Reply.text(leaked)
+
+    async with serve_double("ollama", responder=respond) as double:
+        models = section(
+            {"local": double.url}, {"small": ["local:tiny:1b"], "large": ["local:big:70b"]}
+        )
+        async with (
+            open_node(cfg(nats_url, cluster_name, "tools"), tools=TOOLS),
+            open_scheduler(models, agents=[Forecaster]) as scheduler,
+            open_node(
+                cfg(nats_url, cluster_name, "agents"), [Forecaster], scheduler=scheduler
+            ) as node,
+        ):
+            await node.registry.wait_for("weather.get")
+            with trio.fail_after(20):
+                reply = await node.send(
+                    AgentId("forecaster", "oslo"), LlmTask(prompt="Weather in Oslo?"),
+                    expect=LlmReply,
+                )  # fmt: skip
+            stats = {(s.tier, s.model): s for s in node.status().models}
+    # The scheduler did not hide the leak by asking the large model: the small one was told.
+    assert [r.body["model"] for r in double.chat_requests] == ["tiny:1b"] * 3
+    assert (reply.text, reply.failed_calls, reply.tool_calls, reply.tier) == ("21 C", 1, 1, "small")
+    small = stats[("small", "local:tiny:1b")]
+    assert (small.calls, small.errors) == (2, {"ToolCallAsText": 1})
+    feedback = double.chat_requests[1].body["messages"]
+    assert feedback[-2] == {"role": "assistant", "content": leaked}
+    assert feedback[-1]["content"].startswith(
+        "Your last reply could not be used: the model wrote a tool call to 'weather__get' as "
+        "plain text"
+    )
+    assert runs == [{"city": "Oslo", "days": 1}]

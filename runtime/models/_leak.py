@@ -5,9 +5,9 @@ provider's tool-call field: a bare JSON object ``{"name": ..., "arguments": ...}
 Qwen ``<tool_call>...</tool_call>`` tag, a fenced JSON block naming a tool, Mistral's
 ``[TOOL_CALLS]`` or Llama's ``<|python_tag|>`` marker. Such an answer looks like a final text
 reply, and an agent that accepted it would hand the user a JSON blob. So a backend that offered
-tools and got no tool call runs ``raise_if_leaked``: the ``MalformedModelOutput`` it raises
-carries the text and tells the model what to do instead (the LLM agent feeds it back, or the
-scheduler escalates).
+tools and got no tool call runs ``raise_if_leaked``: the ``ToolCallAsText`` it raises carries
+the text and tells the model what to do instead (the scheduler passes it to the caller; the LLM
+agent feeds it back to the model, and repeats count towards escalation).
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ import re
 from collections.abc import Iterable
 from typing import Any, Final
 
-from .._errors import MalformedModelOutput
+from .._errors import ToolCallAsText
 from ._types import ChatMessage, ChatRequest
 
 __all__ = ["Leak", "find_leaked_tool_call", "raise_if_leaked"]
@@ -77,11 +77,11 @@ def find_leaked_tool_call(text: str, tools: Iterable[str]) -> Leak | None:
 
 
 def raise_if_leaked(backend: str, request: ChatRequest, message: ChatMessage) -> None:
-    """Raise ``MalformedModelOutput`` when tools were offered, none was called, and the text
+    """Raise ``ToolCallAsText`` when tools were offered, none was called, and the text
     carries a call.
 
     Raises:
-        MalformedModelOutput: with ``raw`` set to the whole text.
+        ToolCallAsText: (a ``MalformedModelOutput``) with ``raw`` set to the whole text.
     """
     if not request.tools or request.tool_choice == "none" or message.tool_calls:
         return
@@ -89,7 +89,7 @@ def raise_if_leaked(backend: str, request: ChatRequest, message: ChatMessage) ->
     if leak is None:
         return
     target = f" to {leak.tool!r}" if leak.tool else ""
-    raise MalformedModelOutput(
+    raise ToolCallAsText(
         backend,
         request.model,
         f"the model wrote a tool call{target} as plain text ({leak.form}) instead of using "
