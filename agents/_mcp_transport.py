@@ -7,6 +7,7 @@ session does not say when its connection closed.
 
 from __future__ import annotations
 
+import sys
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from typing import TYPE_CHECKING, Any, TextIO
@@ -43,9 +44,18 @@ async def open_transport(
         ):
             yield _EndAware(read, on_closed), write
     else:
-        params = StdioServerParameters(command=cfg.command[0], args=cfg.command[1:], env=cfg.env)
+        params = StdioServerParameters(
+            command=resolve_command(cfg.command[0]), args=cfg.command[1:], env=cfg.env
+        )
         async with stdio_client(params, errlog=errlog) as (read, write):
             yield _EndAware(read, on_closed), write
+
+
+def resolve_command(command: str) -> str:
+    """``python`` / ``python3`` mean the interpreter running this node: a server installed
+    next to agentrt (``python -m mcp_server_time``) then starts whether or not the virtualenv
+    is on ``PATH``. Anything else is looked up on ``PATH`` as given."""
+    return sys.executable if command in ("python", "python3") else command
 
 
 class _EndAware:
