@@ -12,6 +12,8 @@ connection. What is used, and why:
   request/reply answered by any server holding the stream, without a consumer.
 - an ephemeral push consumer with ``deliver_policy=last_per_subject``: replays the current value
   of every key, then delivers updates (``watch``).
+- a publish to ``$KV.<bucket>.<key>`` with the header ``KV-Operation: DEL``: the delete marker
+  (``delete``); a normal write, so the stream's ``deny_delete`` does not refuse it.
 
 Without JetStream every API subject has no responders: ``ensure`` returns False and the
 caller decides how to carry on without the bucket.
@@ -36,6 +38,7 @@ __all__ = ["KvBucket", "KvEntry"]
 API_TIMEOUT_S = 5.0
 _STREAM_IN_USE = 10058  # JetStream error code: stream name already in use
 _NOT_FOUND = "404"
+_OPERATION = "KV-Operation"  # header of delete / purge markers
 
 
 class KvEntry(msgspec.Struct, frozen=True, kw_only=True):
@@ -125,13 +128,39 @@ class KvBucket:
         """
         with trio.fail_after(API_TIMEOUT_S):
             reply = await self._bus.request(self.subject(key), value)
+        return self._acked(key, reply.data, "store")
+
+    async def delete(self, key: str) -> int:
+        """Put a delete marker on ``key``: readers see no value, watchers see the marker.
+
+        The marker is an ordinary publish to the key's subject with the header
+        ``KV-Operation: DEL`` (what every KV client writes), so the stream's ``deny_delete``
+        (which refuses the ``STREAM.MSG.DELETE`` API) does not block it, and the node needs
+        no permission beyond the one to write the key. With one message kept per key the
+        marker replaces the value.
+
+        Raises:
+            PermissionViolation: the broker does not let this node write that key.
+            BusError: JetStream did not store the marker.
+            trio.TooSlowError: no acknowledgement within the API timeout.
+        """
+        with trio.fail_after(API_TIMEOUT_S):
+            reply = await self._bus.request(self.subject(key), b"", headers={_OPERATION: "DEL"})
+        return self._acked(key, reply.data, "delete")
+
+    def _acked(self, key: str, data: bytes, what: str) -> int:
         try:
-            ack = json.loads(reply.data) if reply.data else {}
+            ack = json.loads(data) if data else {}
         except ValueError:
-            ack = {"error": reply.data[:200].decode(errors="replace")}
+            ack = {"error": data[:200].decode(errors="replace")}
         if "error" in ack or "seq" not in ack:
-            raise BusError(f"JetStream did not store the key {key!r} of {self.bucket}: {ack}")
+            raise BusError(f"JetStream did not {what} the key {key!r} of {self.bucket}: {ack}")
         return int(ack["seq"])
+
+    @staticmethod
+    def is_tombstone(headers: dict[str, str] | None) -> bool:
+        """Whether a delivered (or directly read) message is a delete or purge marker."""
+        return headers is not None and headers.get(_OPERATION) in ("DEL", "PURGE")
 
     async def get(self, key: str) -> KvEntry | None:
         """The current entry of ``key`` (one direct-get round trip), or None if there is none.
@@ -147,7 +176,7 @@ class KvBucket:
             reply = await self._bus.request(f"$JS.API.DIRECT.GET.{self.stream}", body)
         headers = reply.headers or {}
         status = headers.get("Status")
-        if status == _NOT_FOUND or headers.get("KV-Operation") in ("DEL", "PURGE"):
+        if status == _NOT_FOUND or self.is_tombstone(headers):
             return None
         if status:
             raise BusError(
@@ -163,8 +192,9 @@ class KvBucket:
         """Deliver the current value of every key to ``handler``, then every update.
 
         ``handler`` runs in the bus reader and is subscribed before the consumer exists, so
-        no delivery is missed; it also sees heartbeats (messages without data). Returns the
-        subscription (unsubscribe to stop) and how many keys the replay holds.
+        no delivery is missed; it also sees heartbeats (messages without data, not on a key's
+        subject) and delete markers (``is_tombstone(m.headers)``, counted in the replay).
+        Returns the subscription (unsubscribe to stop) and how many keys the replay holds.
 
         Raises:
             BusError: JetStream refused the consumer.

@@ -625,13 +625,26 @@ class Node:
             await self._bucket.put(t.spec)
 
     async def unhost_tool(self, name: str) -> None:
-        """Stop running a tool here (its server went away); callers get ``AgentUnavailable``."""
-        self._tools.pop(name, None)
+        """Stop running a tool here for good (its MCP server dropped it, or went away).
+
+        The tool leaves the cluster: it is unregistered here and its key in the tool bucket
+        gets a delete marker, so every node unregisters it and callers get the gate's
+        unknown-tool error (a node that still hosts it puts it back). Not for outages: a
+        server being reconnected keeps its tools hosted.
+
+        Raises:
+            BusError: JetStream did not store the delete marker.
+        """
+        if self._tools.pop(name, None) is None:
+            return  # not hosted here: another node's tool is none of this node's business
         sub = self._tool_subs.pop(name, None)
         if sub is not None:
             if self._serving_subs is not None and sub in self._serving_subs:
                 self._serving_subs.remove(sub)
             await sub.unsubscribe()
+        self.registry.unregister(name)
+        if self._bucket is not None and self._bucket.available:
+            await self._bucket.remove(name)
 
     def _on_tool_call(self, name: str, m: InboundMsg) -> None:
         t = self._tools.get(name)

@@ -9,6 +9,13 @@ The bucket is a ``KvBucket`` (``_kv.py``: JetStream over the core protocol on th
 trio connection); this module adds what is particular to tool specs: put every hosted spec,
 replay and register every key before the node reports ready, and do both again after each
 reconnection.
+
+A tool that is no longer served anywhere leaves the cluster: the node that stops hosting it
+puts a delete marker on its key (``remove``), and every follower unregisters it, so senders
+get the gate's unknown-tool error instead of a call into a subject nobody answers. Several
+nodes may host the same tool (replicas): a node that sees the marker on a tool it still hosts
+puts its spec back at once. The other followers forget the tool for that one round trip;
+that is the price of keying the bucket by tool name rather than by (tool, node).
 """
 
 from __future__ import annotations
@@ -41,6 +48,9 @@ class ToolBucket:
         self._replayed = trio.Event()
         self._replay_size: int | None = None
         self._subscription: Subscription | None = None
+        self._hosted: dict[str, ToolSpec] = {}  # what this node publishes, to put back
+        self._reassert: set[str] = set()  # hosted here, and another node put a marker on it
+        self._reassert_wanted = trio.Event()
 
     @property
     def available(self) -> bool:
@@ -73,42 +83,87 @@ class ToolBucket:
 
         ``task_status.started()`` comes once the first replay is registered. The consumer is
         ephemeral server-side state: a restarted server forgets it (and, with memory storage,
-        the bucket), so every reconnection rebuilds both.
+        the bucket), so every reconnection rebuilds both and puts the specs this node hosts
+        *now* (``put``/``remove`` keep that list), never a tool it has stopped hosting.
         """
+        for spec in specs:
+            self._hosted[spec.name] = spec
         if await self.ensure():
             for spec in specs:
                 await self.put(spec)
             await self.follow()
         task_status.started()
-        while self.available:
-            await self._bus.wait_reconnected()
-            try:
-                if await self.ensure():
-                    for spec in specs:
-                        await self.put(spec)
-                    await self.follow()
-            except (BusError, AgentUnavailable, trio.TooSlowError) as exc:
-                log.warning("could not follow the tool bucket again after reconnecting: %s", exc)
+        if not self.available:
+            return
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(self._put_back)
+            while self.available:
+                await self._bus.wait_reconnected()
+                try:
+                    if await self.ensure():
+                        for spec in list(self._hosted.values()):
+                            await self.put(spec)
+                        await self.follow()
+                except (BusError, AgentUnavailable, trio.TooSlowError) as exc:
+                    log.warning(
+                        "could not follow the tool bucket again after reconnecting: %s", exc
+                    )
+            nursery.cancel_scope.cancel()
+
+    async def _put_back(self) -> None:
+        """Put back the specs of tools still hosted here that another node marked deleted."""
+        while True:
+            await self._reassert_wanted.wait()
+            self._reassert_wanted = trio.Event()
+            while self._reassert:
+                spec = self._hosted.get(self._reassert.pop())
+                if spec is None:
+                    continue  # stopped hosting it meanwhile: the marker stands
+                try:
+                    await self.put(spec)
+                except (BusError, AgentUnavailable, trio.TooSlowError) as exc:
+                    log.warning("could not put back the spec of %s: %s", spec.name, exc)
 
     async def put(self, spec: ToolSpec) -> None:
-        """Publish a tool's spec (replacing the previous one).
+        """Publish a tool's spec (replacing the previous one); this node hosts it.
 
         Raises:
             BusError: JetStream did not store it.
         """
+        self._hosted[spec.name] = spec
         if self.available:
             await self._kv.put(spec.name, msgspec.json.encode(spec))
+
+    async def remove(self, name: str) -> None:
+        """This node no longer hosts ``name``: mark its key deleted, so every follower
+        unregisters it (a node still hosting it puts it back).
+
+        Raises:
+            BusError: JetStream did not store the marker.
+        """
+        self._hosted.pop(name, None)
+        if self.available:
+            await self._kv.delete(name)
 
     def _on_update(self, m: InboundMsg) -> None:
         # Called by the bus reader for each delivered key; must not raise.
         name = self._kv.key_of(m.subject)
-        if name is None or not m.data:
-            return  # heartbeats and flow-control messages carry no data
-        try:
-            spec = msgspec.json.decode(m.data, type=ToolSpec)
-            self._registry.register_spec(spec)
-        except (msgspec.DecodeError, SchemaError) as exc:
-            log.error("ignored the spec of tool %r from the bucket %s: %s", name, self.bucket, exc)
+        if name is None:
+            return  # heartbeats and flow-control messages come on the inbox's subject
+        if KvBucket.is_tombstone(m.headers):
+            if name in self._hosted:
+                self._reassert.add(name)
+                self._reassert_wanted.set()
+            else:
+                self._registry.unregister(name)
+        elif m.data:
+            try:
+                spec = msgspec.json.decode(m.data, type=ToolSpec)
+                self._registry.register_spec(spec)
+            except (msgspec.DecodeError, SchemaError) as exc:
+                log.error(
+                    "ignored the spec of tool %r from the bucket %s: %s", name, self.bucket, exc
+                )
         self.seen += 1
         if self._replay_size is not None and self.seen >= self._replay_size:
             self._replayed.set()

@@ -186,19 +186,52 @@ def make_tool(spec: ToolSpec, func: Callable[[dict[str, Any]], Awaitable[Any]] |
 
 class ToolRegistry:
     """The tools this process knows, by name: their specs and validators, and implementations
-    for those it runs itself."""
+    for those it runs itself.
+
+    ``version`` counts changes (a tool added, removed, or its spec replaced); ``wait_changed``
+    is the signal for whoever shows the set of tools elsewhere (``agentrt mcp serve``), so
+    nobody polls the registry.
+    """
 
     def __init__(self) -> None:
         self._tools: dict[str, Tool] = {}
         self._awaited: dict[str, trio.Event] = {}
+        self.version = 0
+        self._changed = trio.Event()
+
+    def _bump(self) -> None:
+        self.version += 1
+        self._changed.set()
+        self._changed = trio.Event()
 
     def register(self, t: Tool) -> Tool:
         """Add a tool; re-registering the same name replaces it (new schema, new validator)."""
+        old = self._tools.get(t.name)
         self._tools[t.name] = t
         event = self._awaited.pop(t.name, None)
         if event is not None:
             event.set()
+        if old is None or old.spec != t.spec:
+            self._bump()
         return t
+
+    def unregister(self, name: str) -> Tool | None:
+        """Forget a tool (nobody serves it any more); senders then get the gate's unknown-tool
+        error instead of a call to a subject without responders. Returns what was removed."""
+        t = self._tools.pop(name, None)
+        if t is not None:
+            self._bump()
+        return t
+
+    async def wait_changed(self, version: int) -> int:
+        """Wait until ``version`` is out of date; returns the current version.
+
+        Pass the ``version`` you last acted on, so a change made between two waits is never
+        missed: ``seen = reg.version; ...; seen = await reg.wait_changed(seen)``.
+        """
+        while self.version == version:
+            await self._changed.wait()
+        return self.version
 
     async def wait_for(self, name: str) -> Tool:
         """Wait until a tool of that name is registered (e.g. published by another node)."""

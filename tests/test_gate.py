@@ -377,8 +377,10 @@ async def test_tools_hosted_at_run_time_are_gated_and_reach_every_node(
             assert await client.call_tool("late.square", {"x": 9}) == 81
             with pytest.raises(GateError):
                 await client.call_tool("late.square", {"x": "nine"})
+            seen = client.registry.version
             await bridge.unhost_tool("late.square")
-            from agentrt import AgentUnavailable
-
-            with pytest.raises(AgentUnavailable):
+            while client.registry.get("late.square") is not None:  # the delete marker arrives
+                seen = await client.registry.wait_changed(seen)
+            with pytest.raises(GateError) as info:  # gone from the cluster, not just unserved
                 await client.call_tool("late.square", {"x": 2})
+            assert info.value.violations[0].keyword == "tool"

@@ -10,7 +10,8 @@ from typing import Any
 
 import pytest
 import trio
-from agentrt import AgentUnavailable, GateError, HandlerFailed
+from agentrt import GateError, HandlerFailed
+from agentrt._kv import KvBucket
 from agentrt.agents import McpServerConfig
 from mcp import ClientSession
 from mcp.client.streamable_http import streamable_http_client
@@ -97,6 +98,10 @@ async def test_a_killed_http_server_fails_the_call_and_is_reconnected(
                 await client.call_tool("mcp.test.echo", {"text": "x"})
             assert "was not called" in str(down.value)
             assert bridge.health()[0].last_error
+            # An outage is not a removal: the spec stays in the bucket, no delete marker.
+            bucket = KvBucket(client.bus, f"agentrt_tools_{cluster_name}")
+            assert await bucket.get("mcp.test.echo") is not None
+            assert client.registry.get("mcp.test.echo") is not None
             await srv.kill()  # it exited already; reap it
             await srv.start()  # same port
             await bridge.wait_ready("test", 1)
@@ -177,10 +182,14 @@ async def test_tool_list_changes_are_followed(
                 assert await client.call_tool("mcp.test.extra_a", {"text": "new"}) == {
                     "text": "new"
                 }
+                seen = client.registry.version
                 await client.call_tool("mcp.test.remove_tool", {"name": "extra_a"})
                 await wait_until(bridge, lambda: "mcp.test.extra_a" not in bridge.tools("test"))
-                with pytest.raises(AgentUnavailable):
+                while client.registry.get("mcp.test.extra_a") is not None:  # the delete marker
+                    seen = await client.registry.wait_changed(seen)
+                with pytest.raises(GateError) as gone:  # removed from the cluster, not unserved
                     await client.call_tool("mcp.test.extra_a", {"text": "gone"})
+                assert gone.value.violations[0].keyword == "tool"
                 await client.call_tool("mcp.test.retype_echo", {})
                 await wait_until(
                     bridge,
