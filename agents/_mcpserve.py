@@ -7,18 +7,30 @@ schemas (and output schemas where MCP can carry them: an object at the root). Ev
 through ``Node.call_tool``: the policy check, the gate on this side, the gate and the tool on
 the tool's node. A refusal is an MCP tool result with ``isError`` set and a text a model can
 act on (the gate's compact violation list), not a protocol error.
+
+The tool list follows the cluster: when the set of offered tools (after the policy) or one of
+their schemas changes (a tool hosted or removed at run time, through the tool bucket), each
+connected client is told ``notifications/tools/list_changed`` (``tools.listChanged`` is
+declared). The watch is one task per connection that waits on the registry's change signal
+(``ToolRegistry.wait_changed``), never polls: on the handshake era it is the handler of the
+client's ``notifications/initialized`` (the SDK runs it in the connection's task group and
+cancels it when the connection ends), on the 2026 era the handler of
+``subscriptions/listen`` (the SDK's ``ListenHandler``, with one event bus per stream).
 """
 
 from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import mcp_types as types
 import trio
-from agentrt import AgentrtError, GateError, Node
-from mcp.server.lowlevel import Server
+from agentrt import AgentrtError, GateError, Node, ToolSpec
+from mcp.server.lowlevel import NotificationOptions, Server
+from mcp.server.models import InitializationOptions
+from mcp.server.subscriptions import InMemorySubscriptionBus, ListenHandler, ToolsListChanged
 
 __all__ = ["build_mcp_server", "serve_mcp_http", "serve_mcp_stdio"]
 
@@ -29,12 +41,65 @@ def _error(text: str) -> types.CallToolResult:
     return types.CallToolResult(content=[types.TextContent(type="text", text=text)], is_error=True)
 
 
+class _Server(Server[Any]):
+    """The SDK's server, declaring ``tools.listChanged`` on every transport (the streamable
+    HTTP manager builds its initialization options itself, with no way to pass ours)."""
+
+    def create_initialization_options(
+        self,
+        notification_options: NotificationOptions | None = None,
+        experimental_capabilities: dict[str, dict[str, Any]] | None = None,
+        extensions: dict[str, dict[str, Any]] | None = None,
+    ) -> InitializationOptions:
+        return super().create_initialization_options(
+            notification_options or NotificationOptions(tools_changed=True),
+            experimental_capabilities, extensions,
+        )  # fmt: skip
+
+
 def build_mcp_server(node: Node) -> Server[Any]:
-    """An MCP server whose tools are ``node``'s registry, filtered by ``node.policy``."""
+    """An MCP server whose tools are ``node``'s registry, filtered by ``node.policy``; its
+    clients are told when that list changes."""
 
     def allowed() -> list[str]:
         names = [t.name for t in node.registry]
         return names if node.policy is None else node.policy.allowed_tools(names)
+
+    def offered() -> dict[str, ToolSpec]:
+        specs = {}
+        for name in allowed():
+            if (t := node.registry.get(name)) is not None:
+                specs[name] = t.spec
+        return specs
+
+    async def follow(send: Callable[[], Awaitable[None]]) -> None:
+        """Call ``send`` each time the offered tools change, until cancelled."""
+        seen, last = node.registry.version, offered()
+        while True:
+            seen = await node.registry.wait_changed(seen)
+            now = offered()
+            if now != last:
+                last = now
+                await send()
+
+    async def on_initialized(ctx: Any, params: types.NotificationParams) -> None:
+        # Handshake era: lives as long as the connection (cancelled with it).
+        await follow(ctx.session.send_tool_list_changed)
+
+    async def listen(
+        ctx: Any, params: types.SubscriptionsListenRequestParams
+    ) -> types.SubscriptionsListenResult:
+        # 2026 era: the stream is the listen request's response; one bus per stream.
+        bus = InMemorySubscriptionBus()
+
+        async def publish() -> None:
+            await bus.publish(ToolsListChanged())
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(follow, publish)
+            result = await ListenHandler(bus)(ctx, params)
+            nursery.cancel_scope.cancel()
+        return result
 
     async def list_tools(ctx: Any, params: Any) -> types.ListToolsResult:
         tools = []
@@ -68,7 +133,14 @@ def build_mcp_server(node: Node) -> Server[Any]:
             structured_content=structured,
         )
 
-    return Server("agentrt", on_list_tools=list_tools, on_call_tool=call_tool)
+    server = _Server(
+        "agentrt", on_list_tools=list_tools, on_call_tool=call_tool,
+        on_subscriptions_listen=listen,
+    )  # fmt: skip
+    server.add_notification_handler(
+        "notifications/initialized", types.NotificationParams, on_initialized
+    )
+    return server
 
 
 async def serve_mcp_stdio(node: Node) -> None:

@@ -12,6 +12,7 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
+import agentrt
 import pytest
 import trio
 from agentrt import GateError, PolicyDenied
@@ -20,7 +21,7 @@ from agentrt._config import load_config
 from agentrt.sandbox import load_policy
 from mcp import ClientSession, StdioServerParameters, stdio_client
 from mcp.client.streamable_http import streamable_http_client
-from mcp.types import TextContent
+from mcp.types import TextContent, ToolListChangedNotification
 
 AGENTRT = str(Path(sys.executable).with_name("agentrt"))
 
@@ -75,6 +76,66 @@ async def _cluster(tmp_path: Path, cluster_name: str) -> AsyncIterator[Superviso
         sup.stop()
 
 
+class _ListChanges:
+    """Counts ``notifications/tools/list_changed`` (the session's message handler); tests wait
+    on the count, never on time."""
+
+    def __init__(self) -> None:
+        self.count = 0
+        self._event = trio.Event()
+
+    async def handler(self, message: Any) -> None:
+        if isinstance(message, ToolListChangedNotification):
+            self.count += 1
+            self._event.set()
+            self._event = trio.Event()
+
+    async def wait(self, count: int) -> None:
+        while self.count < count:
+            await self._event.wait()
+
+
+@agentrt.tool(name="calc.mul")
+def mul(a: int, b: int) -> int:
+    """Multiply two integers."""
+    return a * b
+
+
+@agentrt.tool(name="other.hidden")
+def hidden() -> str:
+    """Not allowed by the serve policy."""
+    return "hidden"
+
+
+async def _follows_the_cluster(
+    session: ClientSession, sup: Supervisor, changes: _ListChanges
+) -> None:
+    """A tool hosted at run time on a node of the cluster appears in a fresh listing after
+    the notification; a removed one disappears, and calling it is the gate's refusal."""
+    assert sup.client is not None
+    caps = session.server_capabilities
+    assert caps is not None and caps.tools is not None and caps.tools.list_changed is True
+    before = changes.count
+    await sup.client.host_tool(hidden)  # filtered out by the policy: not offered
+    await sup.client.host_tool(mul)
+    await changes.wait(before + 1)
+    listed = {t.name for t in (await session.list_tools()).tools}
+    assert listed == {"calc.add", "calc.mul"}
+    ok = await session.call_tool("calc.mul", {"a": 6, "b": 7})
+    assert not ok.is_error and _text(ok) == "42"
+
+    seen = changes.count
+    await sup.client.unhost_tool("calc.mul")
+    await changes.wait(seen + 1)
+    assert {t.name for t in (await session.list_tools()).tools} == {"calc.add"}
+    with pytest.raises(GateError) as gone:  # the same registry, on the cluster's side
+        sup.client.gate.check_call("calc.mul", {"a": 1, "b": 2})
+    refused = await session.call_tool("calc.mul", {"a": 1, "b": 2})
+    assert refused.is_error
+    assert _text(refused) == gone.value.render_compact()
+    await sup.client.unhost_tool("other.hidden")
+
+
 def _text(result: Any) -> str:
     return "\n".join(b.text for b in result.content if isinstance(b, TextContent))
 
@@ -115,11 +176,13 @@ async def test_mcp_serve_over_stdio(tmp_path: Path, cluster_name: str) -> None:
             command=AGENTRT, args=["mcp", "serve", "-c", str(tmp_path), "--policy", str(policy)]
         )
         with (tmp_path / "serve.err").open("w+") as errlog, trio.fail_after(60):
+            changes = _ListChanges()
             async with (
                 stdio_client(params, errlog=errlog) as (read, write),
-                ClientSession(read, write) as session,
+                ClientSession(read, write, message_handler=changes.handler) as session,
             ):
                 await _exercise(session, sup, policy)
+                await _follows_the_cluster(session, sup, changes)
 
 
 async def test_mcp_serve_over_http(tmp_path: Path, cluster_name: str) -> None:
@@ -139,11 +202,13 @@ async def test_mcp_serve_over_http(tmp_path: Path, cluster_name: str) -> None:
                 prefix = "agentrt: MCP server at "
                 assert line.decode().startswith(prefix), line
                 url = line.decode().strip().removeprefix(prefix)
+                changes = _ListChanges()
                 async with (
                     streamable_http_client(url) as (read, write),
-                    ClientSession(read, write) as session,
+                    ClientSession(read, write, message_handler=changes.handler) as session,
                 ):
                     await _exercise(session, sup, policy)
+                    await _follows_the_cluster(session, sup, changes)
         finally:
             process.kill()
             with trio.CancelScope(shield=True), trio.fail_after(10):
