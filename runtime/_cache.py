@@ -27,7 +27,8 @@ Caching is opt-in: ``pure`` says a tool *may* be cached, a rule (``[tools."*"] c
 tool's executions (the gate benchmark, tests, the transform tools' audit) would silently start
 measuring cache hits, and a cluster without a rule then needs no bucket at all.
 
-Without JetStream the cache switches itself off with one warning; calls still work.
+Without JetStream the cache switches itself off with one warning; calls still work, and the
+node tries again after each reconnection (``serve``).
 """
 
 from __future__ import annotations
@@ -296,6 +297,7 @@ class ToolCache:
     ) -> None:  # fmt: skip
         self.rules = ToolRules(rules)
         self.metrics = CacheMetrics()
+        self._bus = bus
         self.clock: Callable[[], float] = time.time
         self._registry = registry
         self._kv = KvBucket(bus, f"agentrt_cache_{cluster}", max_age_s=self.rules.max_ttl_s)
@@ -303,6 +305,29 @@ class ToolCache:
         self.enabled = False
         self._store_refused: set[str] = set()
         self._warned_off = False
+        self._enabled_event = trio.Event()
+
+    async def serve(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """Open the bucket; while caching is off (the server had no JetStream), try again
+        after every reconnection, as the tool bucket does: a node started against a server
+        without JetStream starts caching once it reconnects to one that has it.
+
+        ``task_status.started()`` comes after the first attempt; runs until cancelled.
+        """
+        await self.open()
+        task_status.started()
+        if self.rules.max_ttl_s <= 0:
+            return  # no rule caches anything: nothing to open, ever
+        while True:
+            await self._bus.wait_reconnected()
+            if not self.enabled and await self.open():
+                self._warned_off = False  # a later switch-off is news again
+                log.info("tool results are cached again: the cache bucket %s is available "
+                         "after reconnecting", self.bucket)  # fmt: skip
+
+    async def wait_enabled(self) -> None:
+        """Wait until caching is on (the bucket exists), e.g. after a reconnection."""
+        await self._enabled_event.wait()
 
     async def open(self) -> bool:
         """Make sure the bucket exists; without it (no JetStream, refused), switch caching
@@ -317,10 +342,14 @@ class ToolCache:
             return False
         if not self.enabled:
             self._switch_off("JetStream is not available on this NATS server")
+        else:
+            self._enabled_event.set()
         return self.enabled
 
     def _switch_off(self, why: str) -> None:
         self.enabled = False
+        if self._enabled_event.is_set():
+            self._enabled_event = trio.Event()
         if not self._warned_off:
             self._warned_off = True
             log.warning(

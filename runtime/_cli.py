@@ -40,7 +40,7 @@ from ._gate import GateMetrics, Outcome
 from ._ids import AgentId
 from ._node import Node, Subjects, ToolPolicy, open_client
 
-__all__ = ["main", "render_mcp", "render_prometheus", "render_status"]
+__all__ = ["main", "render_cache", "render_mcp", "render_prometheus", "render_status"]
 
 # Piped output (logs, CI) is not squeezed into 80 columns.
 console = Console(width=None if sys.stdout.isatty() else 120)
@@ -122,6 +122,29 @@ def render_mcp(nodes: list[NodeStatus]) -> Table | None:
     for node_name, m in sorted(rows, key=lambda r: (r[0], r[1].name)):
         table.add_row(node_name, m.name, m.transport, m.state, str(m.restarts), str(m.tools),
                       m.last_error or "-")  # fmt: skip
+    return table
+
+
+def render_cache(nodes: list[NodeStatus]) -> Table | None:
+    """A row per tool with its result-cache counters summed over nodes, and the hit ratio
+    (hits over lookups); None if no node counted anything."""
+    counts: dict[str, dict[str, int]] = {}
+    for n in nodes:
+        for c in n.cache:
+            row = counts.setdefault(c.tool, {})
+            row[c.outcome] = row.get(c.outcome, 0) + c.count
+    if not counts:
+        return None
+    table = Table(title="tool cache", title_justify="left", box=box.SIMPLE_HEAD,
+                  pad_edge=False, padding=(0, 1))  # fmt: skip
+    outcomes = [o.value for o in (CacheOutcome.HIT, CacheOutcome.MISS, CacheOutcome.STORE,
+                                  CacheOutcome.SKIP, CacheOutcome.POISONED)]  # fmt: skip
+    for col in ("tool", *outcomes, "hit ratio"):
+        table.add_column(col, justify="left" if col == "tool" else "right")
+    for tool_name, row in sorted(counts.items()):
+        hit, miss = row.get("hit", 0), row.get("miss", 0)  # poisoned is a subset of miss
+        ratio = f"{hit / (hit + miss):.0%}" if hit + miss else "-"
+        table.add_row(tool_name, *(str(row.get(o, 0)) for o in outcomes), ratio)
     return table
 
 
@@ -303,6 +326,8 @@ def status(path: str | None, config: str | None, as_json: bool) -> None:
                 console.print(render_status(cluster, nodes))
                 if (mcp := render_mcp(nodes)) is not None:
                     console.print(mcp)
+                if (cache := render_cache(nodes)) is not None:
+                    console.print(cache)
                 if (models := models_table(merge_stats(n.models for n in nodes))) is not None:
                     console.print(models)
             return 0

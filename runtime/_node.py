@@ -904,7 +904,7 @@ class Node:
                     self._bucket = ToolBucket(self._bus, self.config.cluster, self.registry)
                     specs = [t.spec for t in self._tools.values()]
                     await actors.start(self._bucket.share, specs)  # cancelled with the actors
-                await self.cache.open()
+                await actors.start(self.cache.serve)  # retries after reconnects; cancelled
                 for name in ("status", "drain") if self._control else ():
                     sub = await self._bus.subscribe(self.subjects.ctl(name), capacity=64)
                     subs.append(sub)

@@ -79,7 +79,8 @@ class ToolBucket:
         *,
         task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
     ) -> None:
-        """Create the bucket if needed, put ``specs`` and follow it; again after reconnects.
+        """Create the bucket if needed, put ``specs`` and follow it; again after reconnects
+        (also if JetStream was missing before: the server may have been replaced by one with it).
 
         ``task_status.started()`` comes once the first replay is registered. The consumer is
         ephemeral server-side state: a restarted server forgets it (and, with memory storage,
@@ -93,11 +94,9 @@ class ToolBucket:
                 await self.put(spec)
             await self.follow()
         task_status.started()
-        if not self.available:
-            return
         async with trio.open_nursery() as nursery:
             nursery.start_soon(self._put_back)
-            while self.available:
+            while True:  # also when JetStream was missing: the next server may have it
                 await self._bus.wait_reconnected()
                 try:
                     if await self.ensure():
@@ -108,7 +107,6 @@ class ToolBucket:
                     log.warning(
                         "could not follow the tool bucket again after reconnecting: %s", exc
                     )
-            nursery.cancel_scope.cancel()
 
     async def _put_back(self) -> None:
         """Put back the specs of tools still hosted here that another node marked deleted."""

@@ -7,6 +7,7 @@ running, and the counters are checked against what happened, exactly.
 from __future__ import annotations
 
 import hashlib
+import io
 import logging
 import time
 from collections import Counter
@@ -35,7 +36,7 @@ from agentrt._cache import (
     cache_key,
     check_tool_rules,
 )
-from agentrt._cli import render_prometheus
+from agentrt._cli import render_cache, render_prometheus
 from agentrt._config import load_config
 from agentrt._kv import KvBucket
 from agentrt._natsserver import NatsServer, NatsUser
@@ -43,6 +44,7 @@ from agentrt._node import Node
 from agentrt._tools import Tool, ToolRegistry, tool
 from agentrt.sandbox import Policy, nats_permissions
 from agentrt.sandbox import ToolRules as PolicyToolRules
+from rich.console import Console
 
 RUNS: Counter[str] = Counter()
 
@@ -461,6 +463,48 @@ async def test_without_jetstream_calls_work_uncached_after_one_warning(
     ]
 
 
+async def test_a_node_that_found_no_jetstream_caches_once_it_reconnects_to_one(
+    tmp_path: Path, cluster_name: str
+) -> None:
+    server = NatsServer(tmp_path / "nojs", name="cache-js-later", jetstream=False)
+    await trio.to_thread.run_sync(server.start)
+    try:
+        async with (
+            open_node(ncfg(server.url, cluster_name, "tools", RULES), tools=TOOLS) as tools_node,
+            # No registry given: the client learns the tools from the bucket, once there is one.
+            open_client(ncfg(server.url, cluster_name, "front", RULES)) as client,
+            trio.open_nursery() as nursery,
+        ):
+            assert not client.cache.enabled and not tools_node.cache.enabled
+            assert client.registry.get("cache.square") is None
+            back = [trio.Event(), trio.Event()]
+            for node, event in zip((tools_node, client), back, strict=True):
+
+                async def watch(node: Node = node, event: trio.Event = event) -> None:
+                    await node.bus.wait_reconnected()
+                    event.set()
+
+                nursery.start_soon(watch)  # parked before the kill: no reconnect missed
+            await trio.lowlevel.checkpoint()
+            server.kill()
+            # Same port, now with JetStream.
+            server = NatsServer(tmp_path / "js", name="cache-js-later", port=server.port)
+            await trio.to_thread.run_sync(server.start)
+            with trio.fail_after(20):
+                for event in back:
+                    await event.wait()
+                await tools_node.cache.wait_enabled()
+                await client.cache.wait_enabled()
+                await client.registry.wait_for("cache.square")  # the tool bucket came back too
+                assert await client.call_tool("cache.square", {"x": 12}) == 144
+                assert await client.call_tool("cache.square", {"x": 12}) == 144
+    finally:
+        server.stop()
+    assert RUNS["square"] == 1
+    assert counts(client) == {("cache.square", "miss"): 1, ("cache.square", "hit"): 1}
+    assert counts(tools_node) == {("cache.square", "store"): 1}
+
+
 async def test_the_bucket_is_made_again_when_a_restarted_server_lost_it(
     tmp_path: Path, cluster_name: str
 ) -> None:
@@ -586,3 +630,29 @@ def test_counters_reach_prometheus_summed_over_nodes() -> None:
     ) in text
     # A status travels as msgpack on ctl.status: the counters survive the trip.
     assert msgspec.msgpack.decode(msgspec.msgpack.encode(a), type=NodeStatus).cache == a.cache
+
+
+def test_status_shows_a_tool_cache_table_summed_over_nodes_only_when_counted() -> None:
+    a, b = CacheMetrics(), CacheMetrics()
+    a.count("cache.square", CacheOutcome.HIT, 3)
+    a.count("cache.square", CacheOutcome.MISS)
+    b.count("cache.square", CacheOutcome.MISS, 2)  # one of them poisoned
+    b.count("cache.square", CacheOutcome.POISONED)
+    b.count("cache.square", CacheOutcome.STORE, 2)
+    b.count("cache.off", CacheOutcome.SKIP, 4)
+    nodes = [
+        NodeStatus(node=n, pid=1, uptime_s=1, state="serving", agents=[], cache=m.snapshot())
+        for n, m in (("a", a), ("b", b))
+    ]
+    table = render_cache(nodes)
+    assert table is not None
+    out = io.StringIO()
+    Console(file=out, width=120).print(table)
+    lines = out.getvalue().splitlines()
+    assert lines[0].strip() == "tool cache"
+    assert lines[2].split() == ["tool", "hit", "miss", "store", "skip", "poisoned", "hit", "ratio"]
+    assert lines[4].split() == ["cache.off", "0", "0", "0", "4", "0", "-"]  # no lookups
+    assert lines[5].split() == ["cache.square", "3", "3", "2", "0", "1", "50%"]
+    assert not "".join(lines[6:]).strip()  # two tools, two rows
+    quiet = NodeStatus(node="c", pid=1, uptime_s=1, state="serving", agents=[])
+    assert render_cache([quiet]) is None  # nothing counted: no table at all
