@@ -8,7 +8,7 @@ import subprocess
 import sys
 import textwrap
 from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from contextlib import AsyncExitStack, asynccontextmanager
 from pathlib import Path
 from typing import Any
 
@@ -19,9 +19,11 @@ from agentrt import GateError, PolicyDenied
 from agentrt._cluster import Supervisor
 from agentrt._config import load_config
 from agentrt.sandbox import load_policy
-from mcp import ClientSession, StdioServerParameters, stdio_client
+from mcp import Client, ClientSession, StdioServerParameters, stdio_client
 from mcp.client.streamable_http import streamable_http_client
+from mcp.shared.subscriptions import ToolsListChanged
 from mcp.types import TextContent, ToolListChangedNotification
+from mcp_types.version import MODERN_PROTOCOL_VERSIONS
 
 AGENTRT = str(Path(sys.executable).with_name("agentrt"))
 
@@ -260,3 +262,56 @@ def test_mcp_serve_says_what_is_wrong(
         state=tmp_path / ".agentrt" / "state.json", toml=tmp_path / "agentrt.toml"
     )
     assert " ".join(done.stderr.split()) == f"agentrt: error: {expected}"
+
+
+@asynccontextmanager
+async def _serving_http(argv: list[str]) -> AsyncIterator[str]:
+    """``agentrt mcp serve --http`` in a subprocess; yields its URL once it listens."""
+    process = await trio.lowlevel.open_process(argv, stderr=subprocess.PIPE)
+    try:
+        assert process.stderr is not None
+        line = b""
+        with trio.fail_after(60):
+            while not line.endswith(b"\n"):
+                chunk = await process.stderr.receive_some(1)
+                assert chunk, "agentrt mcp serve exited before listening"
+                line += chunk
+        yield line.decode().strip().removeprefix("agentrt: MCP server at ")
+    finally:
+        process.kill()
+        with trio.CancelScope(shield=True), trio.fail_after(10):
+            await process.wait()
+
+
+@pytest.mark.parametrize("transport", ["stdio", "http"])
+async def test_mcp_serve_tells_a_2026_client_through_its_listen_stream(
+    tmp_path: Path, cluster_name: str, transport: str
+) -> None:
+    # The 2026-07-28 protocol has no handshake and no standalone stream: a client asks for
+    # change events with subscriptions/listen, and the events ride that request's response.
+    async with _cluster(tmp_path, cluster_name) as sup:
+        assert sup.client is not None
+        policy = tmp_path / "serve-policy.toml"
+        args = ["mcp", "serve", "-c", str(tmp_path), "--policy", str(policy)]
+        with trio.fail_after(60):
+            async with AsyncExitStack() as stack:
+                server: str | StdioServerParameters = StdioServerParameters(
+                    command=AGENTRT, args=args
+                )
+                if transport == "http":
+                    server = await stack.enter_async_context(
+                        _serving_http([AGENTRT, *args, "--http", "127.0.0.1:0"])
+                    )
+                client = await stack.enter_async_context(Client(server))
+                assert client.protocol_version in MODERN_PROTOCOL_VERSIONS
+                caps = client.server_capabilities
+                assert caps.tools is not None and caps.tools.list_changed is True
+                assert {t.name for t in (await client.list_tools()).tools} == {"calc.add"}
+                async with client.listen(tools_list_changed=True) as events:
+                    await sup.client.host_tool(mul)
+                    assert isinstance(await events.__anext__(), ToolsListChanged)
+                    listed = {t.name for t in (await client.list_tools()).tools}
+                    assert listed == {"calc.add", "calc.mul"}
+                    await sup.client.unhost_tool("calc.mul")
+                    assert isinstance(await events.__anext__(), ToolsListChanged)
+                    assert {t.name for t in (await client.list_tools()).tools} == {"calc.add"}
