@@ -431,7 +431,7 @@ def node_users(cfg: ClusterConfig) -> dict[str, NatsUser]:
         hosted = [t.name for t in resolve_tools(cfg, node.name)]
         publish, subscribe = nats_permissions(
             policy, cluster=cfg.cluster.name, agents=agents, hosted_tools=hosted,
-            known_tools=known, cache=True,
+            known_tools=known, cache=True, mcp_servers=[m.name for m in node.mcp],
         )  # fmt: skip
         user = NatsUser.generate(f"node-{node.name}")
         users[node.name] = NatsUser(

@@ -18,7 +18,7 @@ __all__ = ["nats_permissions"]
 def nats_permissions(
     policy: Policy | None, *, cluster: str, agents: Iterable[tuple[str, tuple[str, ...]]],
     hosted_tools: Iterable[str], known_tools: Iterable[str], node_name: str = "",
-    cache: bool = False,
+    cache: bool = False, mcp_servers: Iterable[str] = (),
 ) -> tuple[list[str], list[str]]:  # fmt: skip
     """(publish, subscribe) subject lists for one node kind.
 
@@ -35,6 +35,10 @@ def nats_permissions(
         cache: take part in the tool-result cache (``agentrt_cache_<cluster>``): read any
             entry with a direct get, write entries only under the tools it hosts
             (``$KV.<bucket>.<tool>.*``: the hash is one token, so no other tool's keys).
+        mcp_servers: names of the MCP servers the node bridges: their tools are listed only at
+            run time, so the node gets ``mcp.<server>.>`` for them: serve the calls, put the
+            specs (and their delete markers: a header needs no permission of its own) and,
+            with ``cache``, write their cache entries.
     """
     root = f"agentrt.{cluster}"
     bucket = f"agentrt_tools_{cluster}"
@@ -59,6 +63,10 @@ def nats_permissions(
             f"$JS.API.DIRECT.GET.{stream}",
             *(f"$KV.agentrt_cache_{cluster}.{t}.*" for t in sorted(set(hosted_tools))),
         ]
+    servers = sorted(set(mcp_servers))
+    publish += [f"$KV.{bucket}.mcp.{s}.>" for s in servers]
+    if cache:
+        publish += [f"$KV.agentrt_cache_{cluster}.mcp.{s}.>" for s in servers]
     subscribe = ["_INBOX.>", f"{root}.ctl.status", f"{root}.ctl.drain"]
     for agent_type, topics in agents:
         subscribe.append(f"{root}.agent.{agent_type}.>")
@@ -66,4 +74,5 @@ def nats_permissions(
     subscribe += [f"{root}.tool.{t}" for t in sorted(set(hosted_tools))]
     if node_name:
         subscribe.append(f"{root}.files.{node_name}")  # FileTransfer.serve
+    subscribe += [f"{root}.tool.mcp.{s}.>" for s in servers]
     return publish, subscribe

@@ -199,3 +199,47 @@ async def test_the_broker_lets_a_node_mark_only_the_tools_it_hosts(
     finally:
         server.stop()
     assert refused.value.subject == f"$KV.agentrt_tools_{cluster_name}.reg.half"
+
+
+@tool(name="mcp.test.echo")
+def mcp_echo(text: str) -> str:
+    """Stands for a tool an MCP server lists at run time."""
+    return text
+
+
+async def test_a_node_bridging_an_mcp_server_may_host_and_remove_its_tools(
+    tmp_path: Path, cluster_name: str
+) -> None:
+    # MCP tools are known only at run time: the node gets mcp.<server>.> for its servers
+    # (calls, specs and their markers) and nothing of another server.
+    pub, sub = nats_permissions(
+        None, cluster=cluster_name, agents=[], hosted_tools=[], known_tools=[],
+        mcp_servers=["test"],
+    )  # fmt: skip
+    bridge = NatsUser("node-bridge", "b-secret", tuple(pub), tuple(sub), allow_responses=True)
+    caller = NatsUser("caller", "c-secret")  # unrestricted
+    server = NatsServer(tmp_path / "perm", name="mcpperm", users=(bridge, caller))
+    await trio.to_thread.run_sync(server.start)
+
+    def node_cfg(name: str, user: str, password: str) -> NodeConfig:
+        return NodeConfig(cluster=cluster_name, name=name, servers=(server.url,), user=user,
+                          password=password)  # fmt: skip
+
+    try:
+        async with (
+            open_node(node_cfg("bridge", "node-bridge", "b-secret")) as host,
+            open_client(node_cfg("c", "caller", "c-secret")) as client,
+        ):
+            with trio.fail_after(10):
+                await host.host_tool(mcp_echo)  # subscribe + put: both allowed
+                await client.registry.wait_for("mcp.test.echo")
+                assert await client.call_tool("mcp.test.echo", {"text": "hi"}) == "hi"
+                seen = client.registry.version
+                await host.unhost_tool("mcp.test.echo")  # the marker: allowed too
+                while client.registry.get("mcp.test.echo") is not None:
+                    seen = await client.registry.wait_changed(seen)
+                kv = KvBucket(host.bus, f"agentrt_tools_{cluster_name}")
+                with pytest.raises(PermissionViolation):
+                    await kv.put("mcp.other.echo", b"{}")
+    finally:
+        server.stop()
