@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import pytest
 import trio
 from agentrt import AgentId, NodeConfig, Outcome, open_node
 from agentrt._scheduler import open_scheduler
@@ -131,3 +132,32 @@ async def test_a_tool_call_written_as_text_goes_back_to_the_same_model(
         "plain text"
     )
     assert runs == [{"city": "Oslo", "days": 1}]
+
+
+async def test_a_stalled_model_gives_the_caller_deadline_exceeded_and_the_agent_recovers(
+    nats_url: str, cluster_name: str
+) -> None:
+    from agentrt import DeadlineExceeded, open_client
+
+    async with serve_double("ollama") as double:
+        double.push(Reply.stall("headers"))
+        double.default = Reply.text("back again")
+        models = section({"local": double.url}, {"small": ["local:tiny:1b"]})
+        client_cfg = NodeConfig(
+            cluster=cluster_name, name="caller", servers=(nats_url,), default_deadline_s=0.5
+        )
+        async with (
+            open_scheduler(models, agents=[Forecaster]) as scheduler,
+            open_node(cfg(nats_url, cluster_name, "agents"), [Forecaster], scheduler=scheduler),
+            open_client(client_cfg) as client,
+        ):
+            task = LlmTask(prompt="Weather?")
+            with trio.fail_after(10), pytest.raises(DeadlineExceeded) as info:
+                await client.send(AgentId("forecaster", "k"), task, expect=LlmReply)
+            # The stalled HTTP exchange was cancelled with the actor's deadline, not left
+            # hanging: the same actor answers the next task.
+            with trio.fail_after(10):
+                reply = await client.send(AgentId("forecaster", "k"), task, expect=LlmReply)
+    assert info.value.recipient == "forecaster/k"
+    assert str(info.value).startswith("no reply from forecaster/k within 0.5")
+    assert reply.text == "back again"
