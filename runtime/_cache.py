@@ -326,7 +326,8 @@ class ToolCache:
                          "after reconnecting", self.bucket)  # fmt: skip
 
     async def wait_enabled(self) -> None:
-        """Wait until caching is on (the bucket exists), e.g. after a reconnection."""
+        """Wait until caching is on (the bucket exists), e.g. after a reconnection; never
+        returns on a node where no rule gives a TTL (bound it with a cancel scope)."""
         await self._enabled_event.wait()
 
     async def open(self) -> bool:

@@ -621,7 +621,7 @@ class Node:
         self._tools[t.name] = t
         if t.name not in self._tool_subs:
             await self._subscribe_tool(t.name)
-        if self._bucket is not None and self._bucket.available:
+        if self._bucket is not None:  # kept for the next reconnection if JetStream is missing
             await self._bucket.put(t.spec)
 
     async def unhost_tool(self, name: str) -> None:
@@ -643,7 +643,7 @@ class Node:
                 self._serving_subs.remove(sub)
             await sub.unsubscribe()
         self.registry.unregister(name)
-        if self._bucket is not None and self._bucket.available:
+        if self._bucket is not None:
             await self._bucket.remove(name)
 
     def _on_tool_call(self, name: str, m: InboundMsg) -> None:
