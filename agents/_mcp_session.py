@@ -266,8 +266,12 @@ class ServerSupervisor:
                 self.specs.pop(name, None)
                 try:
                     await self._node.unhost_tool(name)
-                except Exception as exc:  # the node is stopping: nothing more to undo
-                    log.debug("unhosting %s failed: %s", name, exc)
+                except Exception as exc:  # BusError (no marker stored), a closed bus
+                    log.warning(
+                        "MCP server %r: tool %s is no longer served, but could not be removed "
+                        "from the cluster (callers get AgentUnavailable until it is): %s",
+                        self.name, name, exc,
+                    )  # fmt: skip
 
     # ------------------------------------------------------------------ calls
 
