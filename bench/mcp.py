@@ -10,7 +10,12 @@ over streamable HTTP:
 - **cluster**: the same call from another node over NATS (``client.call_tool``): node ->
   NATS -> bridge node -> server and back, what every agent of the cluster pays;
 - **cluster, py**: the same cluster path to a Python tool on the bridge's node (no MCP): the
-  share of NATS and the gates in the figure above.
+  share of NATS and the gates in the figure above;
+- **direct, kept alive** (HTTP only): the SDK's session over the bridge's own HTTP transport
+  (``open_transport``: connections kept alive between calls). The SDK's default client opens
+  a TCP connection per call (it closes each POST's event stream before its end); the bridge
+  does not, so this is the baseline with the same transport, and what is left of "bridge,
+  local" against it is the bridge itself.
 
 The client node, the bridge's node and the direct SDK client share this process (one trio
 loop); the MCP server and nats-server are processes of their own.
@@ -24,7 +29,7 @@ Usage::
 
     .venv/bin/python bench/mcp.py            # 3 rounds, ~30-60 s
     .venv/bin/python bench/mcp.py --quick    # 1 round
-    .venv/bin/python bench/mcp.py --profile  # cProfile of the cluster case (stdio), top 25
+    .venv/bin/python bench/mcp.py --profile  # cProfile of the cluster case (stdio, HTTP), top 25
 """
 
 from __future__ import annotations
@@ -45,13 +50,15 @@ import subprocess  # noqa: E402
 import tempfile  # noqa: E402
 import textwrap  # noqa: E402
 import time  # noqa: E402
-from collections.abc import Awaitable, Callable, Sequence  # noqa: E402
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence  # noqa: E402
+from contextlib import asynccontextmanager  # noqa: E402
 from typing import Any  # noqa: E402
 
 import trio  # noqa: E402
 from agentrt import Node, NodeConfig, open_client, open_node, tool  # noqa: E402
 from agentrt._natsserver import NatsServer  # noqa: E402
 from agentrt.agents import McpBridge, McpServerConfig  # noqa: E402
+from agentrt.agents._mcp_transport import open_transport  # noqa: E402
 from mcp import ClientSession, StdioServerParameters, stdio_client  # noqa: E402
 from mcp.client.streamable_http import streamable_http_client  # noqa: E402
 
@@ -145,6 +152,7 @@ async def _transport(
     async with (
         direct_cm as (read, write),
         ClientSession(read, write) as session,
+        _kept_alive(cfg) as kept,
         open_node(node_cfg, tools=[echo_py]) as node,
         open_client(client_cfg) as client,
         trio.open_nursery() as nursery,
@@ -162,6 +170,8 @@ async def _transport(
             "cluster": lambda: client.call_tool("mcp.bench.echo", ARGS),
             "cluster, py": lambda: client.call_tool("bench.echo_py", ARGS),
         }
+        if kept is not None:
+            cases["direct, kept alive"] = lambda: kept.call_tool("echo", ARGS)
         for name in cases:
             await _samples(cases[name], max(n // 10, 20))  # warm-up
         results: dict[str, list[list[float]]] = {name: [] for name in cases}
@@ -177,19 +187,34 @@ async def _transport(
                     t0 = time.perf_counter_ns()
                     await cases[name]()
                     results[name][-1].append((time.perf_counter_ns() - t0) / 1000)
-        if profile and not cfg.url:
-            await _profile(client, n)
+        if profile:
+            await _profile(client, n, "HTTP" if cfg.url else "stdio")
         nursery.cancel_scope.cancel()
     return results
 
 
-async def _profile(client: Node, n: int) -> None:
+@asynccontextmanager
+async def _kept_alive(cfg: McpServerConfig) -> AsyncIterator[ClientSession | None]:
+    """The SDK session over the bridge's HTTP transport (None for stdio)."""
+    if not cfg.url:
+        yield None
+        return
+    async with (
+        open_transport(cfg, sys.stderr, lambda: None) as (read, write),
+        ClientSession(read, write) as session,
+    ):
+        await session.initialize()
+        yield session
+
+
+async def _profile(client: Node, n: int, transport: str) -> None:
     prof = cProfile.Profile()
     prof.enable()
     for _ in range(n):
         await client.call_tool("mcp.bench.echo", ARGS)
     prof.disable()
-    print("\nprofile of the cluster case (stdio), whole process (client, bridge node, SDK):")
+    print(f"\nprofile of the cluster case ({transport}), whole process (client, bridge node, "
+          "SDK):")  # fmt: skip
     pstats.Stats(prof).sort_stats("tottime").print_stats(25)
 
 
@@ -216,6 +241,11 @@ def _report(transport: str, results: dict[str, list[list[float]]], n: int) -> No
         print(f"  {name:<14} adds {best[name][0] - base:6.0f} us p50 (best rounds), ratio "
               f"{best[name][0] / base:5.2f}x; paired median per round: "
               f"{', '.join(f'{v:.0f}' for v in paired)} us")  # fmt: skip
+    if "direct, kept alive" in best:
+        kept = best["direct, kept alive"][0]
+        print(f"  with the bridge's transport on both sides: direct, kept alive {kept:.0f} us; "
+              f"bridge, local adds {best['bridge, local'][0] - kept:.0f} us, cluster adds "
+              f"{best['cluster'][0] - kept:.0f} us")  # fmt: skip
     hop = best["cluster, py"][0]
     print(f"  where it goes: NATS + gates (cluster, py: a Python tool on the bridge's node) "
           f"{hop:.0f} us; the MCP call behind it {best['cluster'][0] - hop:.0f} us "
@@ -232,7 +262,7 @@ async def run(url: str, script: Path, n: int, rounds: int, profile: bool) -> Non
     proc, http_url = await _http_server(script)
     try:
         http = McpServerConfig(name="bench", url=http_url)
-        _report("streamable HTTP", await _transport(url, http, n, rounds, False), n)
+        _report("streamable HTTP", await _transport(url, http, n, rounds, profile), n)
     finally:
         proc.kill()
         await proc.wait()
