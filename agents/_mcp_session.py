@@ -296,14 +296,21 @@ class ServerSupervisor:
                 f"{tool!r} was not called. Call again once it is back (`agentrt status` "
                 'shows it), or set outage = "wait" to wait for it within the deadline',
             )
-        self.waiting += 1
-        self._on_change()
-        try:
-            while (run := self._run) is None:
-                await self._up.wait()
-            await self._limiter.acquire()
-        finally:
-            self.waiting -= 1
+        if run is not None and self._limiter.available_tokens:
+            # The usual case takes its slot without a checkpoint: a yield here lets the
+            # previous call's leftovers (its HTTP response being closed, its task ending) run
+            # before this request is sent, 25-90 us on the bench, instead of while the server
+            # works on it. The call checkpoints anyway once it sends.
+            self._limiter.acquire_nowait()
+        else:
+            self.waiting += 1
+            self._on_change()
+            try:
+                while (run := self._run) is None:
+                    await self._up.wait()
+                await self._limiter.acquire()
+            finally:
+                self.waiting -= 1
         self.in_flight += 1
         self._on_change()
         try:
