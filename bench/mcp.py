@@ -11,6 +11,9 @@ over streamable HTTP:
   NATS -> bridge node -> server and back, what every agent of the cluster pays;
 - **cluster, py**: the same cluster path to a Python tool on the bridge's node (no MCP): the
   share of NATS and the gates in the figure above;
+- **bus echo**: a bare NATS request/reply between the same two nodes (``client.bus.request``
+  to a subscription on the bridge's node that publishes the same bytes back): NATS alone, so
+  cluster, py minus this is the nodes' tool path and both gates;
 - **direct, kept alive** (HTTP only): the SDK's session over the bridge's own HTTP transport
   (``open_transport``: connections kept alive between calls). The SDK's default client opens
   a TCP connection per call (it closes each POST's event stream before its end); the bridge
@@ -164,11 +167,16 @@ async def _transport(
             await nursery.start(bridge.serve)
             await client.registry.wait_for("mcp.bench.echo")
             await client.registry.wait_for("bench.echo_py")
+        raw = b"x" * 330  # about the size of a tool call's envelope
+        await node.bus.subscribe(
+            "benchmcp.echo", handler=lambda m: node.bus.publish_nowait(m.reply, m.data)
+        )
         cases: dict[str, Callable[[], Awaitable[object]]] = {
             "direct": lambda: session.call_tool("echo", ARGS),
             "bridge, local": lambda: node.call_tool("mcp.bench.echo", ARGS),
             "cluster": lambda: client.call_tool("mcp.bench.echo", ARGS),
             "cluster, py": lambda: client.call_tool("bench.echo_py", ARGS),
+            "bus echo": lambda: client.bus.request("benchmcp.echo", raw),
         }
         if kept is not None:
             cases["direct, kept alive"] = lambda: kept.call_tool("echo", ARGS)
@@ -228,7 +236,7 @@ def _report(transport: str, results: dict[str, list[list[float]]], n: int) -> No
         i = min(range(rounds), key=lambda k: p50s[k])
         best[name] = (p50s[i], _p(per_round[i], 95))
         shown = ", ".join(f"{v:.0f}" for v in p50s)
-        print(f"  {name:<14} p50 {best[name][0]:8.0f} us   p95 {best[name][1]:8.0f} us   "
+        print(f"  {name:<18} p50 {best[name][0]:8.0f} us   p95 {best[name][1]:8.0f} us   "
               f"[{shown}]")  # fmt: skip
     base = best["direct"][0]
     for name in ("bridge, local", "cluster"):
@@ -238,7 +246,7 @@ def _report(transport: str, results: dict[str, list[list[float]]], n: int) -> No
             statistics.median(c - d for c, d in zip(r, rd, strict=True))
             for r, rd in zip(results[name], results["direct"], strict=True)
         ]
-        print(f"  {name:<14} adds {best[name][0] - base:6.0f} us p50 (best rounds), ratio "
+        print(f"  {name:<18} adds {best[name][0] - base:6.0f} us p50 (best rounds), ratio "
               f"{best[name][0] / base:5.2f}x; paired median per round: "
               f"{', '.join(f'{v:.0f}' for v in paired)} us")  # fmt: skip
     if "direct, kept alive" in best:
@@ -246,10 +254,11 @@ def _report(transport: str, results: dict[str, list[list[float]]], n: int) -> No
         print(f"  with the bridge's transport on both sides: direct, kept alive {kept:.0f} us; "
               f"bridge, local adds {best['bridge, local'][0] - kept:.0f} us, cluster adds "
               f"{best['cluster'][0] - kept:.0f} us")  # fmt: skip
-    hop = best["cluster, py"][0]
+    hop, bus = best["cluster, py"][0], best["bus echo"][0]
     print(f"  where it goes: NATS + gates (cluster, py: a Python tool on the bridge's node) "
-          f"{hop:.0f} us; the MCP call behind it {best['cluster'][0] - hop:.0f} us "
-          f"(direct: {base:.0f} us)")  # fmt: skip
+          f"{hop:.0f} us, of which NATS (bus echo) {bus:.0f} us and the nodes' tool path with "
+          f"both gates {hop - bus:.0f} us; the MCP call behind it "
+          f"{best['cluster'][0] - hop:.0f} us (direct: {base:.0f} us)")  # fmt: skip
     added = best["cluster"][0] - base
     verdict = "PASS" if added < TARGET_ADDED_US else "MISS"
     print(f"  added by the cluster (p50): {added:.0f} us   target < {TARGET_ADDED_US:.0f}   "
