@@ -16,7 +16,7 @@ import contextlib
 import logging
 import socket
 import sys
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import asynccontextmanager
 from typing import TYPE_CHECKING, Any, TextIO
 
@@ -29,7 +29,7 @@ from mcp.client.streamable_http import streamable_http_client
 if TYPE_CHECKING:
     from ._mcp import McpServerConfig
 
-__all__ = ["open_transport"]
+__all__ = ["http_client", "open_transport"]
 
 log = logging.getLogger("agentrt.agents.mcp")
 
@@ -53,12 +53,7 @@ async def open_transport(
         The (read, write) streams a ``ClientSession`` takes.
     """
     if cfg.url:
-        timeout = httpx2.Timeout(min(cfg.timeout_s, 30.0), read=_SSE_READ_TIMEOUT_S)
-        transport = _KeepAlive(
-            httpx2.AsyncHTTPTransport(limits=httpx2.Limits(keepalive_expiry=_KEEPALIVE_S))
-        )
-        # What the SDK's create_mcp_http_client builds, plus the transport.
-        http = httpx2.AsyncClient(headers=dict(cfg.headers), timeout=timeout, transport=transport)
+        http = http_client(cfg.headers, cfg.timeout_s)
         async with (
             http,
             streamable_http_client(cfg.url, http_client=http) as (read, write),
@@ -70,6 +65,16 @@ async def open_transport(
         )
         async with stdio_client(params, errlog=errlog) as (read, write):
             yield _EndAware(read, on_closed), write
+
+
+def http_client(headers: Mapping[str, str], timeout_s: float) -> httpx2.AsyncClient:
+    """What the SDK's ``create_mcp_http_client`` builds (its timeouts, httpx's defaults,
+    proxies from the environment), with connections kept alive between calls."""
+    timeout = httpx2.Timeout(min(timeout_s, 30.0), read=_SSE_READ_TIMEOUT_S)
+    limits = httpx2.Limits(
+        max_connections=100, max_keepalive_connections=20, keepalive_expiry=_KEEPALIVE_S
+    )
+    return _Client(headers=dict(headers), timeout=timeout, limits=limits)
 
 
 def resolve_command(command: str) -> str:
@@ -135,6 +140,18 @@ def _ack_now(sock: Any) -> None:
         # OSError: not a TCP socket (a proxy's stream, a closed one): nothing to ack.
         with contextlib.suppress(OSError):
             sock.setsockopt(socket.IPPROTO_TCP, _QUICKACK, 1)
+
+
+class _Client(httpx2.AsyncClient):
+    """httpx's client whose transports (direct, and each proxy from the environment) are
+    wrapped in ``_KeepAlive``. Passing ``transport=`` instead would turn off the environment's
+    proxies."""
+
+    def _init_transport(self, *args: Any, **kwargs: Any) -> httpx2.AsyncBaseTransport:
+        return _KeepAlive(super()._init_transport(*args, **kwargs))
+
+    def _init_proxy_transport(self, *args: Any, **kwargs: Any) -> httpx2.AsyncBaseTransport:
+        return _KeepAlive(super()._init_proxy_transport(*args, **kwargs))
 
 
 class _KeepAlive(httpx2.AsyncBaseTransport):
