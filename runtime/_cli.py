@@ -445,10 +445,20 @@ def mcp() -> None:
 
 @mcp.command("serve")
 @_config_option
-@click.option("--http", "http", default=None, metavar="HOST:PORT",
-              help="Serve streamable HTTP at http://HOST:PORT/mcp (default: stdio).")
-@click.option("--policy", "policy_file", default=None, metavar="FILE",
-              help="Policy file deciding which tools are offered (default: strict, none).")
+@click.option(
+    "--http",
+    "http",
+    default=None,
+    metavar="HOST:PORT",
+    help="Serve streamable HTTP at http://HOST:PORT/mcp (default: stdio).",
+)
+@click.option(
+    "--policy",
+    "policy_file",
+    default=None,
+    metavar="FILE",
+    help="Policy file deciding which tools are offered (default: strict, none).",
+)
 def mcp_serve(config: str | None, http: str | None, policy_file: str | None) -> None:  # fmt: skip
     """Serve the running cluster's tools as an MCP server (stdio, or HTTP with --http).
 

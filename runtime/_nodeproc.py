@@ -58,7 +58,11 @@ async def main(config_path: str, section: str, replica: int, name: str) -> None:
         async with (
             open_models(cfg.models, agents=agents) as scheduler,  # None without [models]
             open_node(
-                node_cfg, agents, tools=tools, registry=tool_registry(cfg), policy=policy,
+                node_cfg,
+                agents,
+                tools=tools,
+                registry=tool_registry(cfg),
+                policy=policy,
                 scheduler=scheduler,
             ) as node,
             trio.open_nursery() as nursery,
