@@ -432,6 +432,7 @@ def node_users(cfg: ClusterConfig) -> dict[str, NatsUser]:
         publish, subscribe = nats_permissions(
             policy, cluster=cfg.cluster.name, agents=agents, hosted_tools=hosted,
             known_tools=known, cache=True, mcp_servers=[m.name for m in node.mcp],
+            cluster_mcp_servers=[m.name for n in cfg.nodes for m in n.mcp],
         )  # fmt: skip
         user = NatsUser.generate(f"node-{node.name}")
         users[node.name] = NatsUser(

@@ -8,6 +8,7 @@ subject its policy denies: the server refuses it.
 
 from __future__ import annotations
 
+import fnmatch
 from collections.abc import Iterable
 
 from ._policy import Policy
@@ -19,6 +20,7 @@ def nats_permissions(
     policy: Policy | None, *, cluster: str, agents: Iterable[tuple[str, tuple[str, ...]]],
     hosted_tools: Iterable[str], known_tools: Iterable[str], node_name: str = "",
     cache: bool = False, mcp_servers: Iterable[str] = (),
+    cluster_mcp_servers: Iterable[str] = (),
 ) -> tuple[list[str], list[str]]:  # fmt: skip
     """(publish, subscribe) subject lists for one node kind.
 
@@ -39,6 +41,8 @@ def nats_permissions(
             run time, so the node gets ``mcp.<server>.>`` for them: serve the calls, put the
             specs (and their delete markers: a header needs no permission of its own) and,
             with ``cache``, write their cache entries.
+        cluster_mcp_servers: names of every MCP server bridged anywhere in the cluster: the
+            node may call their tools as far as its policy allows (see ``_mcp_call_subjects``).
     """
     root = f"agentrt.{cluster}"
     bucket = f"agentrt_tools_{cluster}"
@@ -54,6 +58,8 @@ def nats_permissions(
         f"$JS.API.CONSUMER.CREATE.KV_{bucket}.>",
         *(f"$KV.{bucket}.{t}" for t in sorted(set(hosted_tools))),  # only its own specs
     ]
+    for server in sorted(set(cluster_mcp_servers)):
+        publish += _mcp_call_subjects(policy, root, server)
     if node_name:
         publish.append(f"{root}.files.>")  # FileTransfer.send; the receiver's policy decides
     if cache:
@@ -76,3 +82,34 @@ def nats_permissions(
         subscribe.append(f"{root}.files.{node_name}")  # FileTransfer.serve
     subscribe += [f"{root}.tool.mcp.{s}.>" for s in servers]
     return publish, subscribe
+
+
+_GLOB_CHARS = frozenset("*?[")
+
+
+def _mcp_call_subjects(policy: Policy | None, root: str, server: str) -> list[str]:
+    """Tool subjects of one MCP server a node may publish to.
+
+    Its tools are listed only at run time, so the allow globs cannot be expanded against
+    them. A literal allowed name becomes its exact subject; a glob that covers the whole server
+    (``*``, ``mcp.*``, ``mcp.<server>.*``) or any other glob under ``mcp.<server>.`` becomes
+    ``tool.mcp.<server>.>``: the broker is then coarser than the policy, and the node's own
+    check (exact, audited) decides. A deny that covers the whole server grants nothing.
+    """
+    everything = [f"{root}.tool.mcp.{server}.>"]
+    if policy is None:
+        return everything
+    probe = f"mcp.{server}.\uffff"  # matched only by a glob that covers every tool of it
+    if any(fnmatch.fnmatchcase(probe, p) for p in policy.tools.deny):
+        return []
+    subjects: list[str] = []
+    for pattern in policy.tools.allow:
+        if fnmatch.fnmatchcase(probe, pattern):
+            return everything
+        if pattern.startswith(f"mcp.{server}."):
+            if _GLOB_CHARS.isdisjoint(pattern):
+                if policy.tools.decide(pattern)[0]:
+                    subjects.append(f"{root}.tool.{pattern}")
+            else:
+                return everything
+    return sorted(set(subjects))

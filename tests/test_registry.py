@@ -243,3 +243,52 @@ async def test_a_node_bridging_an_mcp_server_may_host_and_remove_its_tools(
                     await kv.put("mcp.other.echo", b"{}")
     finally:
         server.stop()
+
+
+@tool(name="mcp.test.wipe")
+def mcp_wipe() -> str:
+    """Stands for an MCP tool the caller's policy does not allow."""
+    return "wiped"
+
+
+async def test_a_policied_caller_reaches_the_mcp_tools_its_policy_allows_and_no_others(
+    tmp_path: Path, cluster_name: str
+) -> None:
+    from agentrt.sandbox import Policy, ToolRules
+
+    bridge_pub, bridge_sub = nats_permissions(
+        None, cluster=cluster_name, agents=[], hosted_tools=[], known_tools=[],
+        mcp_servers=["test"],
+    )  # fmt: skip
+    policy = Policy(tools=ToolRules(allow=["mcp.test.echo"]))
+    caller_pub, caller_sub = nats_permissions(
+        policy, cluster=cluster_name, agents=[], hosted_tools=[], known_tools=[],
+        cluster_mcp_servers=["test"],
+    )  # fmt: skip
+    users = (
+        NatsUser("node-bridge", "b", tuple(bridge_pub), tuple(bridge_sub), allow_responses=True),
+        NatsUser("node-front", "f", tuple(caller_pub), tuple(caller_sub), allow_responses=True),
+    )
+    server = NatsServer(tmp_path / "perm", name="mcpcall", users=users)
+    await trio.to_thread.run_sync(server.start)
+
+    def node_cfg(name: str, user: str, password: str) -> NodeConfig:
+        return NodeConfig(cluster=cluster_name, name=name, servers=(server.url,), user=user,
+                          password=password)  # fmt: skip
+
+    try:
+        async with (
+            open_node(node_cfg("bridge", "node-bridge", "b")) as host,
+            # No policy in the node: only the broker stands between it and mcp.test.wipe.
+            open_client(node_cfg("front", "node-front", "f")) as front,
+        ):
+            with trio.fail_after(10):
+                await host.host_tool(mcp_echo)
+                await host.host_tool(mcp_wipe)
+                await front.registry.wait_for("mcp.test.wipe")
+                assert await front.call_tool("mcp.test.echo", {"text": "hi"}) == "hi"
+                with pytest.raises(PermissionViolation) as info:
+                    await front.call_tool("mcp.test.wipe", {})
+    finally:
+        server.stop()
+    assert f"agentrt.{cluster_name}.tool.mcp.test.wipe" in str(info.value)

@@ -115,6 +115,35 @@ def test_nats_permissions_follow_the_policy() -> None:
     ]  # fmt: skip
 
 
+@pytest.mark.parametrize(
+    ("allow", "deny", "expected"),
+    [
+        (["mcp.time.get_current_time"], [], ["agentrt.c.tool.mcp.time.get_current_time"]),
+        (["mcp.time.*"], [], ["agentrt.c.tool.mcp.time.>"]),
+        (["mcp.*"], [], ["agentrt.c.tool.mcp.time.>", "agentrt.c.tool.mcp.git.>"]),
+        (["*"], ["mcp.git.*"], ["agentrt.c.tool.mcp.time.>"]),
+        (["mcp.git.git_st?tus"], [], ["agentrt.c.tool.mcp.git.>"]),  # coarser: node decides
+        (["mcp.git.git_log"], ["mcp.git.git_log"], []),
+        (["math.*"], [], []),
+    ],
+)
+def test_mcp_tools_of_the_cluster_are_callable_as_far_as_the_policy_allows(
+    allow: list[str], deny: list[str], expected: list[str]
+) -> None:
+    """MCP tools are listed at run time, so the broker gets subjects per server, not per tool."""
+    policy = Policy(tools=ToolRules(allow=allow, deny=deny))
+    publish, _ = nats_permissions(
+        policy, cluster="c", agents=[], hosted_tools=[], known_tools=[],
+        cluster_mcp_servers=["time", "git"],
+    )  # fmt: skip
+    assert sorted(p for p in publish if ".tool." in p) == sorted(expected)
+    unrestricted, _ = nats_permissions(
+        None, cluster="c", agents=[], hosted_tools=[], known_tools=[],
+        cluster_mcp_servers=["time"],
+    )  # fmt: skip
+    assert [p for p in unrestricted if ".tool." in p] == ["agentrt.c.tool.mcp.time.>"]
+
+
 def registry() -> ToolRegistry:
     r = ToolRegistry()
     r.register_spec(add.spec)
