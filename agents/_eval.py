@@ -184,7 +184,7 @@ def _subset(expected: Any, got: Any) -> bool:
 
 
 class _CallRecorder:
-    """A node view whose ``call_tool`` records the checked arguments of every executed call."""
+    """A node view that records the checked arguments of every executed call."""
 
     def __init__(self, node: Any) -> None:
         self._node = node
@@ -192,9 +192,10 @@ class _CallRecorder:
         self.name, self.registry, self.gate = node.name, node.registry, node.gate
         self.policy = node.policy
 
-    async def call_tool(self, name: str, args: Any, *, sender: str = "", model: str = "") -> Any:
-        checked = self.gate.check_call(name, args)
-        result = await self._node.call_tool(name, args, sender=sender, model=model)
+    async def call_checked_tool(
+        self, name: str, checked: Any, *, sender: str = "", model: str = ""
+    ) -> Any:
+        result = await self._node.call_checked_tool(name, checked, sender=sender, model=model)
         self.calls.append((name, checked.args))
         return result
 

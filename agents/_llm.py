@@ -116,8 +116,8 @@ class _Node(Protocol):
     gate: Any
     policy: Any
 
-    async def call_tool(
-        self, name: str, args: Any, *, sender: str = "", model: str = ""
+    async def call_checked_tool(
+        self, name: str, checked: Any, *, sender: str = "", model: str = ""
     ) -> Any: ...
 
     async def call_tool_with(
@@ -282,13 +282,13 @@ async def _run_call(
     name = offered.name
     try:
         # Check first, so that an invalid proposal counts as a retry (fed back), not a
-        # rejection; Node.call_tool repairs the same text again, deterministically.
-        node.gate.check_call(name, call.arguments)
+        # rejection; the checked arguments then run without a second repair.
+        checked = node.gate.check_call(name, call.arguments)
     except GateError as err:
         failed(name, signature, err.render_compact())
         return answer(f"error: {err.render_compact()}\nFix the arguments and call again.")
     try:
-        result = await node.call_tool(name, call.arguments, sender=sender, model=session.model)
+        result = await node.call_checked_tool(name, checked, sender=sender, model=session.model)
     except PolicyDenied as exc:
         failed(name, signature, str(exc), gate=False)
         return answer(f"error: this agent may not call {name}; do without it")

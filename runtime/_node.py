@@ -56,7 +56,7 @@ from ._errors import (
     UnexpectedReply,
     UnknownMessageType,
 )
-from ._gate import Escalate, Gate, GateResult, Proposer, outcome_of
+from ._gate import Checked, Escalate, Gate, GateResult, Proposer, outcome_of
 from ._ids import AgentId
 from ._messages import lookup_message, message_tag
 from ._registry import ToolBucket
@@ -527,6 +527,32 @@ class Node:
             self.policy.check_tool(name, node=self.name)
         try:
             checked = self.gate.check_call(name, args)
+        except GateError:
+            self.gate.rejected(name, model or sender)
+            raise
+        return await self._run_checked(name, checked, sender, model)
+
+    async def call_checked_tool(
+        self, name: str, checked: Checked, *, sender: str = "", model: str = ""
+    ) -> Any:
+        """``call_tool`` for arguments that already passed ``gate.check_call`` here (an LLM
+        agent checks a proposal first, to count a bad one as a retry): not repaired again,
+        only re-validated (cheap), so a ``Checked`` built by hand can never run invalid.
+
+        Raises:
+            PolicyDenied, GateError, DeliveryError: as ``call_tool``.
+        """
+        if self.policy is not None:
+            self.policy.check_tool(name, node=self.name)
+        try:
+            self.gate.check_received(name, checked.args)
+        except GateError:
+            self.gate.rejected(name, model or sender)
+            raise
+        return await self._run_checked(name, checked, sender, model)
+
+    async def _run_checked(self, name: str, checked: Checked, sender: str, model: str) -> Any:
+        try:
             result = await self._call_checked(name, checked.args, sender=sender)
             self.gate.check_result(name, result)
         except GateError:

@@ -373,3 +373,25 @@ async def test_fill_tool_call_runs_the_gate_ladder_and_escalates_through_the_ses
     retry = session.seen[1]
     assert retry[-1].content.startswith("weather.get parse invalid:\n/: json: want a JSON object")
     assert retry[-1].content.endswith("\nCall weather__get again.")
+
+
+async def test_call_checked_tool_revalidates_a_hand_built_checked_and_never_runs_it(
+    nats_url: str, cluster_name: str
+) -> None:
+    from agentrt._errors import GateError
+    from agentrt._gate import Checked
+
+    async with open_node(config(nats_url, cluster_name), tools=TOOLS) as node:
+        with pytest.raises(GateError) as info:
+            await node.call_checked_tool("weather.get", Checked({"town": "Oslo"}), model="m")
+        assert node.gate.metrics.get("m", "weather.get", Outcome.REJECTED) == 1
+        checked = node.gate.check_call("weather.get", '{"city": "Oslo", "days": "2"}')
+        assert await node.call_checked_tool("weather.get", checked, model="m") == {
+            "city": "Oslo", "temp_c": 21,
+        }  # fmt: skip
+        assert node.gate.metrics.get("m", "weather.get", Outcome.REPAIRED) == 1
+    assert info.value.render_compact() == (
+        "weather.get input invalid:\n/town: additionalProperties: want no extra properties, "
+        "got \"Oslo\"\n/city: required: want property 'city', got missing"
+    )
+    assert runs == [{"city": "Oslo", "days": 2}]
