@@ -152,13 +152,23 @@ def offered_tools(node: _Node, patterns: Sequence[str]) -> dict[str, Offered]:
         names = node.policy.allowed_tools(names)
     offered: dict[str, Offered] = {}
     for name in names:
-        spec = node.registry.get(name).spec
-        wire = _wire_name(name, set(offered))
-        definition = ToolDef(
-            name=wire, description=spec.description or name, parameters=spec.input_schema
-        )
-        offered[wire] = Offered(name, definition)
+        one = _offer(node, name, set(offered))
+        offered[one.definition.name] = one
     return offered
+
+
+def _offer(node: _Node, name: str, taken: set[str]) -> Offered:
+    """One tool as the model sees it: provider-safe name, description, full input schema (a
+    tool the registry does not know gets an empty object schema: the gate refuses its calls)."""
+    known = node.registry.get(name)
+    return Offered(
+        name,
+        ToolDef(
+            name=_wire_name(name, taken),
+            description=(known.spec.description or name) if known else name,
+            parameters=known.spec.input_schema if known else {"type": "object"},
+        ),
+    )
 
 
 @dataclass
@@ -398,15 +408,7 @@ async def fill_tool_call(
         GateError: every rung failed and the tool's fallback is ``fail``.
         PolicyDenied: the node's policy does not allow ``tool``.
     """
-    known = node.registry.get(tool)  # unknown: the gate raises its GateError below
-    offered = Offered(
-        tool,
-        ToolDef(
-            name=_wire_name(tool, set()),
-            description=known.spec.description or tool if known else tool,
-            parameters=known.spec.input_schema if known else {"type": "object"},
-        ),
-    )
+    offered = _offer(node, tool, set())  # unknown: the gate raises its GateError below
     proposer = ModelProposer(session, offered, messages)
 
     async def escalate(err: GateError) -> ModelProposer | None:
